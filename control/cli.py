@@ -1,0 +1,35 @@
+"""`kernel-runtime serve`: the control plane and its kernel, on one command."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+import uvicorn
+
+from control.app import create_app
+from flight_kernel.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="kernel-runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the HTTP control plane and the Flight kernel")
+    serve.add_argument("--host", help="bind address of both planes (KERNEL_HOST)")
+    serve.add_argument("--port", type=int, help="HTTP port (KERNEL_HTTP_PORT)")
+    serve.add_argument("--flight-port", type=int, help="Flight port (KERNEL_FLIGHT_PORT)")
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env()
+    overrides = {"host": args.host, "http_port": args.port, "flight_port": args.flight_port}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v})
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s control %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.http_port,
+                log_level=settings.log_level.lower(), access_log=False,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The context of one execution, its ContextVar, and per-execution stdout/stderr capture.
+
+`contextlib.redirect_stdout` swaps the process-global `sys.stdout`, so executions running
+at the same time would mix their output. Instead `sys.stdout` and `sys.stderr` are replaced
+once by routers that write into the buffers of whichever execution is current in the
+calling thread, and to the real stream when none is.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from flight_kernel.inputs import InputReader
+    from flight_kernel.store import Store
+
+
+class CappedBuffer:
+    """Text sink that keeps the first `limit` bytes and counts what it dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._parts: list[str] = []
+        self._size = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        n = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+        with self._lock:
+            room = self._limit - self._size
+            if n <= room:
+                self._parts.append(text)
+                self._size += n
+            else:
+                if room > 0:
+                    head = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
+                    self._parts.append(head)
+                    self._size = self._limit
+                    n -= len(head.encode("utf-8"))
+                self.dropped += n
+        return len(text)
+
+    def getvalue(self) -> str:
+        with self._lock:
+            text = "".join(self._parts)
+            if self.dropped:
+                text += (f"\n[output truncated: {self.dropped} bytes dropped beyond the "
+                         f"{self._limit}-byte limit]\n")
+            return text
+
+
+@dataclass
+class ExecutionContext:
+    """Everything one execution of user code needs and produces."""
+
+    execution_id: int
+    flow_id: int
+    node_id: str | int
+    input_paths: dict[str, list[str]]
+    output_dir: str
+    store: Store
+    reader: InputReader
+    stdout: CappedBuffer
+    stderr: CappedBuffer
+    output_paths: list[str] = field(default_factory=list)
+    published_artifacts: list[str] = field(default_factory=list)
+    deleted_artifacts: list[str] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    unnamed_outputs: int = 0
+    thread_id: int = field(default_factory=threading.get_ident)
+    started: float = field(default_factory=time.perf_counter)
+    cancel_reason: str | None = None
+    done: bool = False
+
+    @property
+    def node_key(self) -> str:
+        return str(self.node_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"execution_id": self.execution_id, "flow_id": self.flow_id,
+                "node_id": self.node_id}
+
+
+current: ContextVar[ExecutionContext | None] = ContextVar("flowfile_execution", default=None)
+
+
+class _StreamRouter(io.TextIOBase):
+    """Stands in for sys.stdout/sys.stderr and writes to the current execution's buffer."""
+
+    def __init__(self, which: str, fallback: TextIO) -> None:
+        self._which = which
+        self.fallback = fallback
+
+    def _target(self) -> TextIO | CappedBuffer:
+        ctx = current.get()
+        if ctx is None:
+            return self.fallback
+        return ctx.stdout if self._which == "stdout" else ctx.stderr
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        return self._target().write(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        if current.get() is None:
+            self.fallback.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def fileno(self) -> int:
+        return self.fallback.fileno()
+
+
+def install_capture() -> None:
+    """Route sys.stdout/sys.stderr through the current execution (idempotent, cheap)."""
+    if not isinstance(sys.stdout, _StreamRouter):
+        sys.stdout = _StreamRouter("stdout", sys.stdout)
+    if not isinstance(sys.stderr, _StreamRouter):
+        sys.stderr = _StreamRouter("stderr", sys.stderr)
+
+
+def require_context() -> ExecutionContext:
+    ctx = current.get()
+    if ctx is None:
+        raise RuntimeError("flowfile functions only work inside code run by the kernel")
+    return ctx

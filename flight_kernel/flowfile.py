@@ -1,0 +1,143 @@
+"""The `flowfile` module injected into user code; every function acts on the current execution.
+
+Refusals of the store (`NotFound`, `Conflict`, `InvalidRequest`) reach user code as the
+built-in exceptions a Python programmer expects: `KeyError` and `ValueError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from flight_kernel import outputs
+from flight_kernel.context import require_context
+from flight_kernel.errors import Conflict, InvalidRequest, NotFound, SerializationFailed
+from flight_kernel.paths import check_segment
+
+__all__ = [
+    "delete_artifact", "list_artifacts", "log", "log_error", "log_info", "log_warning",
+    "publish_artifact", "publish_output", "read_artifact", "read_first", "read_input",
+    "read_inputs",
+]
+
+logger = logging.getLogger("flowfile")
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+           "WARN": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
+@contextlib.contextmanager
+def _as_builtin_errors() -> Iterator[None]:
+    try:
+        yield
+    except NotFound as exc:
+        raise KeyError(exc.message) from None
+    except (Conflict, InvalidRequest, SerializationFailed) as exc:
+        raise ValueError(exc.message) from None
+
+
+def _input_entries(name: str) -> list[str]:
+    ctx = require_context()
+    if not ctx.input_paths:
+        raise KeyError(f"no inputs were given to this execution (asked for {name!r}); "
+                       "pass input_paths with the request")
+    if name not in ctx.input_paths:
+        raise KeyError(f"no input named {name!r} (available: "
+                       f"{', '.join(sorted(ctx.input_paths))})")
+    entries = ctx.input_paths[name]
+    if not entries:
+        raise KeyError(f"input {name!r} has no paths")
+    return entries
+
+
+def read_input(name: str = "main") -> pl.LazyFrame:
+    """All files or streams of input `name`, concatenated, as one LazyFrame."""
+    ctx = require_context()
+    with _as_builtin_errors():
+        frames = [ctx.reader.read(e) for e in _input_entries(name)]
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+
+def read_first(name: str = "main") -> pl.LazyFrame:
+    """The first file or stream of input `name`."""
+    ctx = require_context()
+    with _as_builtin_errors():
+        return ctx.reader.read(_input_entries(name)[0])
+
+
+def read_inputs() -> dict[str, pl.LazyFrame]:
+    """Every input, by name."""
+    ctx = require_context()
+    return {name: read_input(name) for name in ctx.input_paths}
+
+
+def publish_output(df: Any, name: str | None = None) -> None:
+    """Publish a DataFrame/LazyFrame (or pyarrow Table) as an output of this node."""
+    ctx = require_context()
+    with _as_builtin_errors():
+        outputs.publish(ctx, df, name)
+
+
+def publish_artifact(name: str, obj: Any) -> None:
+    """Keep `obj` in memory under `name` for this flow (no copy, no serialization)."""
+    ctx = require_context()
+    if not isinstance(name, str):
+        raise TypeError(f"artifact name must be a string, not {type(name).__name__}")
+    with _as_builtin_errors():
+        check_segment(name, "artifact name")
+        ctx.store.publish_artifact(ctx.flow_id, ctx.node_id, name, obj)
+    if name not in ctx.published_artifacts:
+        ctx.published_artifacts.append(name)
+
+
+def read_artifact(name: str) -> Any:
+    """The object stored under `name` in this flow."""
+    ctx = require_context()
+    with _as_builtin_errors():
+        return ctx.store.get_artifact(ctx.flow_id, name).obj
+
+
+def list_artifacts() -> list[dict[str, Any]]:
+    """This flow's artifacts, as the records of `GET /artifacts?flow_id=<this flow>`."""
+    ctx = require_context()
+    return [a.record() for a in ctx.store.list_artifacts(flow_id=ctx.flow_id)]
+
+
+def delete_artifact(name: str) -> None:
+    """Remove artifact `name` from this flow."""
+    ctx = require_context()
+    with _as_builtin_errors():
+        ctx.store.delete_artifact(ctx.flow_id, name)
+    if name in ctx.published_artifacts:
+        ctx.published_artifacts.remove(name)
+    if name not in ctx.deleted_artifacts:
+        ctx.deleted_artifacts.append(name)
+
+
+def log(message: Any, level: str = "INFO") -> None:
+    """Log to the server log and to the response's `logs`, tagged with flow and node."""
+    ctx = require_context()
+    levelno = _LEVELS.get(str(level).upper())
+    if levelno is None:
+        raise ValueError(f"unknown log level {level!r} (use one of {', '.join(_LEVELS)})")
+    text = str(message)
+    ctx.logs.append({"level": logging.getLevelName(levelno), "message": text,
+                     "flow_id": ctx.flow_id, "node_id": ctx.node_id,
+                     "timestamp": datetime.now(UTC).isoformat()})
+    logger.log(levelno, "[flow %s node %s] %s", ctx.flow_id, ctx.node_id, text)
+
+
+def log_info(message: Any) -> None:
+    log(message, "INFO")
+
+
+def log_warning(message: Any) -> None:
+    log(message, "WARNING")
+
+
+def log_error(message: Any) -> None:
+    log(message, "ERROR")
