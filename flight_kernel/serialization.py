@@ -36,8 +36,8 @@ def is_table_like(obj: Any) -> bool:
     )
 
 
-def as_arrow_table(obj: Any) -> pa.Table:
-    """A table-like object as an Arrow table (polars keeps its buffers: no copy)."""
+def as_arrow_table(obj: Any, *, views: bool = False) -> pa.Table:
+    """A table-like object as an Arrow table; with `views`, polars strings stay views (no copy)."""
     if isinstance(obj, pa.Table):
         return obj
     if isinstance(obj, pa.RecordBatch):
@@ -45,7 +45,7 @@ def as_arrow_table(obj: Any) -> pa.Table:
     if isinstance(obj, pl.LazyFrame):
         obj = obj.collect()
     if isinstance(obj, pl.DataFrame):
-        return obj.to_arrow()
+        return obj.to_arrow(compat_level=pl.CompatLevel.newest() if views else None)
     pd_frame = _pandas_frame_type()
     if pd_frame is not None and isinstance(obj, pd_frame):
         return pa.Table.from_pandas(obj)

@@ -110,7 +110,7 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         if isinstance(path, ArtifactPath):
             art = self.store.get_artifact(path.flow_id, path.name)
             return to_arrow(art.obj, str(path))
-        return self.store.get_table(path)
+        return self.store.get_table(path).client()
 
     def do_get(self, context: Any, ticket: flight.Ticket) -> flight.RecordBatchStream:
         with flight_errors("do_get"):
@@ -144,10 +144,11 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if not is_table_like(obj):  # not serialized until someone asks for it
                 return flight.FlightInfo(pickle_schema(obj), descriptor, [endpoint], 1, -1)
             table = to_arrow(obj, str(path))
-        else:
-            table = self.store.get_table(path)
-        return flight.FlightInfo(table.schema, descriptor, [endpoint], table.num_rows,
-                                 table.nbytes)
+            return flight.FlightInfo(table.schema, descriptor, [endpoint], table.num_rows,
+                                     table.nbytes)
+        entry = self.store.get_table(path)
+        return flight.FlightInfo(entry.schema, descriptor, [endpoint], entry.views.num_rows,
+                                 entry.views.nbytes)
 
     def get_flight_info(self, context: Any,
                         descriptor: flight.FlightDescriptor) -> flight.FlightInfo:

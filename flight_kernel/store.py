@@ -19,13 +19,69 @@ from flight_kernel.paths import ArtifactPath, FlightPath, OutputPath, TablePath
 from flight_kernel.serialization import estimate_size
 
 MAX_BATCH_ROWS = 1 << 20  # bigger batches halve Flight throughput; >2 GiB fails outright
+MIN_AVG_BATCH_ROWS = 8192
 
 
 def normalize(table: pa.Table) -> pa.Table:
-    """Split batches above `MAX_BATCH_ROWS` rows (zero-copy slices)."""
-    if all(len(b) <= MAX_BATCH_ROWS for b in table.to_batches()):
+    """Batches of at most `MAX_BATCH_ROWS` rows (zero-copy slices), and not tiny ones."""
+    batches = table.to_batches()
+    if len(batches) > 1 and table.num_rows < MIN_AVG_BATCH_ROWS * len(batches):
+        table = table.combine_chunks()  # many tiny batches cost more per row than one copy
+        batches = table.to_batches()
+    if all(len(b) <= MAX_BATCH_ROWS for b in batches):
         return table
     return pa.Table.from_batches(table.to_batches(max_chunksize=MAX_BATCH_ROWS), table.schema)
+
+
+def _swap_string_types(schema: pa.Schema, old: tuple[pa.DataType, ...],
+                       new: pa.DataType) -> pa.Schema:
+    fields = [f.with_type(new) if f.type in old else f for f in schema]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def with_string_views(table: pa.Table) -> pa.Table:
+    """Strings as views, which polars takes without copying (the data buffer is shared)."""
+    target = _swap_string_types(table.schema, (pa.string(), pa.large_string()),
+                                pa.string_view())
+    return table if target.equals(table.schema) else table.cast(target)
+
+
+def client_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema clients get for a table published from polars: views as large strings."""
+    return _swap_string_types(schema, (pa.string_view(),), pa.large_string())
+
+
+class StoredTable:
+    """A stored table in two forms sharing buffers: for clients, and for polars."""
+
+    def __init__(self, views: pa.Table, client: pa.Table | None) -> None:
+        self.views = views
+        self._client = client
+        self._lock = threading.Lock()
+
+    @classmethod
+    def upload(cls, table: pa.Table) -> StoredTable:
+        """A client's table: served back exactly as it came, read by polars as views."""
+        table = normalize(table)
+        return cls(with_string_views(table), table)
+
+    @classmethod
+    def output(cls, table: pa.Table) -> StoredTable:
+        """A table from user code: clients get its views cast to large strings on first get."""
+        return cls(normalize(table), None)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._client.schema if self._client is not None else \
+            client_schema(self.views.schema)
+
+    def client(self) -> pa.Table:
+        with self._lock:
+            if self._client is None:
+                target = client_schema(self.views.schema)
+                self._client = self.views if target.equals(self.views.schema) \
+                    else self.views.cast(target)
+            return self._client
 
 
 @dataclass
@@ -66,23 +122,27 @@ class Store:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tables: dict[TablePath, pa.Table] = {}
-        self._outputs: dict[OutputPath, pa.Table] = {}
+        self._tables: dict[TablePath, StoredTable] = {}
+        self._outputs: dict[OutputPath, StoredTable] = {}
         self._artifacts: dict[tuple[int, str], Artifact] = {}
 
     # -- tables and outputs -------------------------------------------------------------
 
-    def put_table(self, path: TablePath | OutputPath, table: pa.Table) -> pa.Table:
-        """Store (or replace) a table or an output; returns what was stored."""
-        table = normalize(table)
+    def put_table(self, path: TablePath, table: pa.Table) -> StoredTable:
+        """Store (or replace) a table a client uploaded."""
+        entry = StoredTable.upload(table)
         with self._lock:
-            if isinstance(path, TablePath):
-                self._tables[path] = table
-            else:
-                self._outputs[path] = table
-        return table
+            self._tables[path] = entry
+        return entry
 
-    def get_table(self, path: TablePath | OutputPath) -> pa.Table:
+    def put_output(self, path: OutputPath, table: pa.Table) -> StoredTable:
+        """Store (or replace) an output published by user code."""
+        entry = StoredTable.output(table)
+        with self._lock:
+            self._outputs[path] = entry
+        return entry
+
+    def get_table(self, path: TablePath | OutputPath) -> StoredTable:
         with self._lock:
             found = (self._tables if isinstance(path, TablePath) else self._outputs).get(path)
         if found is None:

@@ -1,0 +1,170 @@
+"""`KernelClient`: one object for callers, HTTP for control and Flight for data.
+
+    with KernelClient("http://127.0.0.1:9999", "grpc://127.0.0.1:8815") as kc:
+        uri = kc.put_table("sales", frame)
+        result = kc.execute("n1", code, input_paths={"main": [uri]})
+        out = kc.get_table(result.output_paths[0])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flight_kernel.paths import (
+    ArtifactPath,
+    FlightPath,
+    TablePath,
+    from_segments,
+    is_flight_uri,
+    local_uri,
+    parse_flight_uri,
+)
+from flight_kernel.serialization import as_arrow_table, from_arrow, is_table_like, to_arrow
+
+
+@dataclass(frozen=True)
+class ExecuteResult:
+    """The response of an execution."""
+
+    success: bool
+    output_paths: list[str]
+    published_artifacts: list[str]
+    deleted_artifacts: list[str]
+    stdout: str
+    stderr: str
+    error: str | None
+    traceback: str | None
+    execution_time_ms: float
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    kernel_restarted: bool = False
+    lost_state: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ExecuteResult:
+        names = set(cls.__dataclass_fields__) - {"raw"}
+        return cls(**{k: v for k, v in body.items() if k in names}, raw=body)
+
+
+class KernelClient:
+    """Typed client of a kernel runtime: HTTP control plane plus Flight data plane."""
+
+    def __init__(self, http_url: str = "http://127.0.0.1:9999",
+                 flight_url: str = "grpc://127.0.0.1:8815", *, token: str | None = None,
+                 timeout: float | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token = token
+        self._http = httpx.Client(base_url=http_url, headers=headers, timeout=timeout)
+        self._flight_url = flight_url
+        self._flight = flight.connect(flight_url)
+        flight_headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        self._options = flight.FlightCallOptions(headers=flight_headers)
+
+    def __enter__(self) -> KernelClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+        self._flight.close()
+
+    # -- control plane ---------------------------------------------------------------------
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, url, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def execute(self, node_id: str | int, code: str, *,
+                input_paths: dict[str, list[str]] | None = None, output_dir: str = "",
+                flow_id: int = 0, timeout_s: float | None = None) -> ExecuteResult:
+        """Run code in the kernel; a failure of the code is `success=False`, not an exception."""
+        body: dict[str, Any] = {"node_id": node_id, "code": code,
+                                "input_paths": input_paths or {}, "output_dir": output_dir,
+                                "flow_id": flow_id}
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        return ExecuteResult.from_json(self._request("POST", "/execute", json=body))
+
+    def list_artifacts(self, flow_id: int | None = None,
+                       node_id: str | int | None = None) -> list[dict[str, Any]]:
+        params = {"flow_id": flow_id} if flow_id is not None else {}
+        url = "/artifacts" if node_id is None else f"/artifacts/node/{node_id}"
+        found: list[dict[str, Any]] = self._request("GET", url, params=params)
+        return found
+
+    def clear(self, flow_id: int | None = None) -> dict[str, Any]:
+        params = {"flow_id": flow_id} if flow_id is not None else {}
+        cleared: dict[str, Any] = self._request("POST", "/clear", params=params)
+        return cleared
+
+    def clear_node_artifacts(self, node_ids: list[str | int],
+                             flow_id: int | None = None) -> dict[str, Any]:
+        body = {"node_ids": node_ids, "flow_id": flow_id}
+        cleared: dict[str, Any] = self._request("POST", "/clear_node_artifacts", json=body)
+        return cleared
+
+    def interrupt(self, flow_id: int | None = None,
+                  node_id: str | int | None = None) -> list[dict[str, Any]]:
+        body = {"flow_id": flow_id, "node_id": node_id}
+        interrupted: list[dict[str, Any]] = self._request("POST", "/interrupt",
+                                                          json=body)["interrupted"]
+        return interrupted
+
+    def health(self) -> dict[str, Any]:
+        """The /health body (also when the kernel is starting, with HTTP 503)."""
+        body: dict[str, Any] = self._http.get("/health").json()
+        return body
+
+    # -- data plane ------------------------------------------------------------------------
+
+    def _put(self, path: FlightPath, table: pa.Table) -> None:
+        descriptor = flight.FlightDescriptor.for_path(*str(path).split("/"))
+        writer, _ = self._flight.do_put(descriptor, table.schema, self._options)
+        with writer:
+            writer.write_table(table)
+
+    def put_table(self, name: str, table: Any) -> str:
+        """Upload a pyarrow Table or polars/pandas frame; returns its `flight:///` URI."""
+        if not is_table_like(table):
+            raise TypeError(f"put_table takes a table or a frame, not {type(table).__name__}")
+        path = TablePath(name)
+        self._put(path, as_arrow_table(table))
+        return local_uri(path)
+
+    def get_table(self, path_or_uri: str) -> pa.Table:
+        """Download `tables/x`, `flight:///outputs/...` or `flight://host:port/...`."""
+        if is_flight_uri(path_or_uri):
+            uri = parse_flight_uri(path_or_uri)
+            if not uri.is_local:
+                with flight.connect(f"grpc://{uri.host}:{uri.port}") as other:
+                    return other.do_get(flight.Ticket(str(uri.path).encode()),
+                                        self._options).read_all()
+            path: FlightPath = uri.path
+        else:
+            path = from_segments(path_or_uri.split("/"))
+        return self._flight.do_get(flight.Ticket(str(path).encode()), self._options).read_all()
+
+    def get_artifact(self, flow_id: int, name: str) -> Any:
+        """An artifact as its object: tables as their type, others unpickled."""
+        ticket = flight.Ticket(str(ArtifactPath(flow_id, name)).encode())
+        return from_arrow(self._flight.do_get(ticket, self._options).read_all())
+
+    def put_artifact(self, flow_id: int, name: str, obj: Any) -> None:
+        """Store any object (tables as tables, others pickled) as an artifact of a flow."""
+        path = ArtifactPath(flow_id, name)
+        self._put(path, to_arrow(obj, str(path)))
+
+    def delete(self, path: str) -> None:
+        """Remove what is stored at a Flight path."""
+        action = flight.Action("delete", f'{{"path": "{path}"}}'.encode())
+        list(self._flight.do_action(action, self._options))
