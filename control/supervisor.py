@@ -229,7 +229,8 @@ class KernelSupervisor(KernelHandle):
                 self._ready = False
                 self._restarts += 1
                 self._cond.notify_all()
-            logger.warning("kernel (pid %s) %s; restarting it", proc.pid, death.describe())
+            logger.warning("kernel (pid %s) %s; restarting it", proc.pid,
+                           death.reason or death.describe())
             while not self._stopping:
                 try:
                     self._spawn()

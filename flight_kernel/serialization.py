@@ -93,7 +93,7 @@ def from_arrow(table: pa.Table) -> Any:
     if kind in ("polars.dataframe.frame.DataFrame", "polars.lazyframe.frame.LazyFrame"):
         df = pl.from_arrow(table)
         return df.lazy() if kind.endswith("LazyFrame") else df
-    if kind == "pandas.core.frame.DataFrame":
+    if kind in ("pandas.core.frame.DataFrame", "pandas.DataFrame"):  # pandas >= 3 says the latter
         return table.to_pandas()
     if kind == "pyarrow.lib.RecordBatch":
         return table.combine_chunks().to_batches()[0] if table.num_rows else table
