@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hmac
-import os
 import json
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response

@@ -29,7 +29,7 @@ from flight_kernel.settings import Settings
 logger = logging.getLogger(__name__)
 
 LOST_STATE = ["tables", "outputs", "artifacts"]
-_SIGNAL_HINTS = {signal.SIGKILL: " (likely out of memory)",
+_SIGNAL_HINTS: dict[int, str] = {signal.SIGKILL: " (likely out of memory)",
                  signal.SIGSEGV: " (segmentation fault)", signal.SIGABRT: " (aborted)"}
 
 
@@ -82,7 +82,7 @@ class KernelHandle:
         """End an unresponsive kernel (only a supervisor can)."""
 
     def call(self, action: str, body: dict[str, Any] | None = None) -> bytes:
-        generation, conn = self._connection()
+        _, conn = self._connection()
         try:
             return conn.call(action, body)
         except (TransportError, flight.FlightTimedOutError) as exc:

@@ -104,7 +104,7 @@ class _StreamRouter(io.TextIOBase):
             return self.fallback
         return ctx.stdout if self._which == "stdout" else ctx.stderr
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         return self._target().write(text)
 
     def writable(self) -> bool:

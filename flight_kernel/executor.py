@@ -14,6 +14,7 @@ import itertools
 import linecache
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -120,6 +121,7 @@ class Executor:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._running: dict[int, ExecutionContext] = {}
+        sys.modules.setdefault("flowfile", flowfile)  # `import flowfile` works too
 
     def execute(self, req: ExecuteRequest) -> dict[str, Any]:
         """Run one request to the end and return the response body."""

@@ -24,7 +24,7 @@ def type_name(obj: Any) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
-def _pandas_frame_type() -> type | None:
+def _pandas_frame_type() -> Any:
     pd = sys.modules.get("pandas")  # only when user code already imported it
     return pd.DataFrame if pd is not None else None
 
@@ -92,6 +92,7 @@ def from_arrow(table: pa.Table) -> Any:
     table = table.replace_schema_metadata(clean or None)
     if kind in ("polars.dataframe.frame.DataFrame", "polars.lazyframe.frame.LazyFrame"):
         df = pl.from_arrow(table)
+        assert isinstance(df, pl.DataFrame)
         return df.lazy() if kind.endswith("LazyFrame") else df
     if kind in ("pandas.core.frame.DataFrame", "pandas.DataFrame"):  # pandas >= 3 says the latter
         return table.to_pandas()

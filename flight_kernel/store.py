@@ -144,7 +144,8 @@ class Store:
 
     def get_table(self, path: TablePath | OutputPath) -> StoredTable:
         with self._lock:
-            found = (self._tables if isinstance(path, TablePath) else self._outputs).get(path)
+            found = (self._tables.get(path) if isinstance(path, TablePath)
+                     else self._outputs.get(path))
         if found is None:
             raise NotFound(f"nothing stored at {path}")
         return found
@@ -226,7 +227,8 @@ class Store:
             self.delete_artifact(path.flow_id, path.name)
             return
         with self._lock:
-            found = (self._tables if isinstance(path, TablePath) else self._outputs).pop(path, None)
+            found = (self._tables.pop(path, None) if isinstance(path, TablePath)
+                     else self._outputs.pop(path, None))
         if found is None:
             raise NotFound(f"nothing stored at {path}")
 
