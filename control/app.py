@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
-from control.routes import open_router, router
+from control.routes import open_router, require_token, router
 from control.supervisor import KernelHandle, KernelSupervisor
 from flight_kernel import __version__
 from flight_kernel.errors import (
@@ -46,6 +51,24 @@ async def _kernel_error(request: Request, exc: Exception) -> JSONResponse:
                         headers=headers)
 
 
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 body, but NaN/Infinity inputs (Python's JSON parser lets them in) become
+    strings: FastAPI's own handler cannot render them and answered 500."""
+    assert isinstance(exc, RequestValidationError)
+    errors = json.loads(json.dumps(jsonable_encoder(exc.errors())), parse_constant=str)
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A body FastAPI cannot even parse (not UTF-8, nested too deep) is malformed: 422, not 400."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError | RecursionError):
+        return await _validation_error(request, RequestValidationError([{
+            "type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {},
+            "ctx": {"error": str(exc.__cause__)}}]))
+    return await http_exception_handler(request, exc)
+
+
 def create_app(settings: Settings | None = None, kernel: KernelHandle | None = None) -> FastAPI:
     """The control plane; without `kernel` it supervises its own kernel process."""
     settings = settings or Settings.from_env()
@@ -67,8 +90,11 @@ def create_app(settings: Settings | None = None, kernel: KernelHandle | None = N
     app.state.settings = settings
     app.state.kernel = handle
     app.add_exception_handler(KernelError, _kernel_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.include_router(open_router)
-    app.include_router(router)
+    # Without a token there is nothing to check: no dependency on the hot path.
+    app.include_router(router, dependencies=[Depends(require_token)] if settings.auth_token else [])
     return app
 
 

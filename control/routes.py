@@ -29,12 +29,12 @@ from flight_kernel.errors import KernelUnavailable, Unauthenticated
 _bearer = HTTPBearer(auto_error=False, description="KERNEL_AUTH_TOKEN, when it is set")
 
 
-def kernel(request: Request) -> KernelHandle:
+async def kernel(request: Request) -> KernelHandle:
     handle: KernelHandle = request.app.state.kernel
     return handle
 
 
-def require_token(
+async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -55,7 +55,7 @@ def _json(raw: bytes) -> Response:
 
 
 open_router = APIRouter()
-router = APIRouter(dependencies=[Depends(require_token)])
+router = APIRouter()  # create_app adds `require_token` when a token is set
 
 
 @open_router.get("/health", response_model=HealthResponse,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -18,7 +19,8 @@ class ExecuteRequest(BaseModel):
         default_factory=dict, description="input name -> file paths or flight:// URIs")
     output_dir: StrictStr = Field("", description="parquet output directory; empty -> Flight")
     flow_id: StrictInt = Field(0, description="isolation key for artifacts")
-    timeout_s: float | None = Field(None, gt=0, description="wall-clock limit in seconds")
+    timeout_s: float | None = Field(None, gt=0, le=threading.TIMEOUT_MAX,  # a timer's max wait
+                                    description="wall-clock limit in seconds")
 
 
 class LogRecord(BaseModel):

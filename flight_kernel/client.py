@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -166,5 +167,5 @@ class KernelClient:
 
     def delete(self, path: str) -> None:
         """Remove what is stored at a Flight path."""
-        action = flight.Action("delete", f'{{"path": "{path}"}}'.encode())
+        action = flight.Action("delete", json.dumps({"path": path}).encode())
         list(self._flight.do_action(action, self._options))

@@ -74,10 +74,12 @@ class ExecuteRequest:
         if isinstance(flow_id, bool) or not isinstance(flow_id, int):
             raise InvalidRequest("field 'flow_id' must be an integer")
         timeout = body.get("timeout_s")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        if timeout is not None and (  # NaN fails the range; a timer cannot wait past its max
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            or not 0 < timeout <= threading.TIMEOUT_MAX
         ):
-            raise InvalidRequest("field 'timeout_s' must be a positive number")
+            raise InvalidRequest("field 'timeout_s' must be a positive number of seconds, at "
+                                 f"most {threading.TIMEOUT_MAX:g}")
         return cls(node_id, code, inputs, output_dir, flow_id,
                    float(timeout) if timeout is not None else None)
 

@@ -72,6 +72,9 @@ def read_first(name: str = "main") -> pl.LazyFrame:
 def read_inputs() -> dict[str, pl.LazyFrame]:
     """Every input, by name."""
     ctx = require_context()
+    if not ctx.input_paths:
+        raise KeyError("no inputs were given to this execution; pass input_paths with the "
+                       "request")
     return {name: read_input(name) for name in ctx.input_paths}
 
 

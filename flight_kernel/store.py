@@ -33,6 +33,16 @@ def normalize(table: pa.Table) -> pa.Table:
     return pa.Table.from_batches(table.to_batches(max_chunksize=MAX_BATCH_ROWS), table.schema)
 
 
+def aligned(table: pa.Table) -> pa.Table:
+    """Buffers Flight received may sit at any address, and polars copies misaligned ones on
+    every read: copy such a table once, on arrival, into aligned memory."""
+    if all(b is None or b.address % 8 == 0
+           for col in table.columns for chunk in col.chunks for b in chunk.buffers()):
+        return table
+    memory = pa.default_cpu_memory_manager()
+    return pa.Table.from_batches([b.copy_to(memory) for b in table.to_batches()], table.schema)
+
+
 def _swap_string_types(schema: pa.Schema, old: tuple[pa.DataType, ...],
                        new: pa.DataType) -> pa.Schema:
     fields = [f.with_type(new) if f.type in old else f for f in schema]
@@ -62,7 +72,7 @@ class StoredTable:
     @classmethod
     def upload(cls, table: pa.Table) -> StoredTable:
         """A client's table: served back exactly as it came, read by polars as views."""
-        table = normalize(table)
+        table = normalize(aligned(table))
         return cls(with_string_views(table), table)
 
     @classmethod
