@@ -53,7 +53,7 @@ class InputReader:
                 if not is_table_like(obj):
                     raise TypeError(f"artifact {path} is a {type(obj).__name__}, not a table")
                 return lazy_from_arrow(as_arrow_table(obj))
-            return lazy_from_arrow(self._store.get_table(path).views)
+            return lazy_from_arrow(self._store.get_table(path).for_polars())
         return lazy_from_arrow(self.fetch_remote(uri))
 
     def fetch_remote(self, uri: FlightURI) -> pa.Table:

@@ -106,10 +106,15 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     # -- data ------------------------------------------------------------------------------
 
+    def _artifact(self, path: ArtifactPath) -> Any:
+        try:
+            return self.store.get_artifact(path.flow_id, path.name).obj
+        except NotFound as exc:  # Flight clients address by path: name it
+            raise NotFound(f"nothing stored at {path}: {exc.message}") from None
+
     def _table_at(self, path: FlightPath) -> pa.Table:
         if isinstance(path, ArtifactPath):
-            art = self.store.get_artifact(path.flow_id, path.name)
-            return to_arrow(art.obj, str(path))
+            return to_arrow(self._artifact(path), str(path))
         return self.store.get_table(path).client()
 
     def do_get(self, context: Any, ticket: flight.Ticket) -> flight.RecordBatchStream:
@@ -140,15 +145,15 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         descriptor = flight.FlightDescriptor.for_path(*str(path).split("/"))
         endpoint = flight.FlightEndpoint(str(path).encode(), self._locations)
         if isinstance(path, ArtifactPath):
-            obj = self.store.get_artifact(path.flow_id, path.name).obj
+            obj = self._artifact(path)
             if not is_table_like(obj):  # not serialized until someone asks for it
                 return flight.FlightInfo(pickle_schema(obj), descriptor, [endpoint], 1, -1)
             table = to_arrow(obj, str(path))
             return flight.FlightInfo(table.schema, descriptor, [endpoint], table.num_rows,
                                      table.nbytes)
         entry = self.store.get_table(path)
-        return flight.FlightInfo(entry.schema, descriptor, [endpoint], entry.views.num_rows,
-                                 entry.views.nbytes)
+        return flight.FlightInfo(entry.schema, descriptor, [endpoint], entry.num_rows,
+                                 entry.nbytes)
 
     def get_flight_info(self, context: Any,
                         descriptor: flight.FlightDescriptor) -> flight.FlightInfo:

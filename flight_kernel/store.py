@@ -1,7 +1,7 @@
 """Everything the kernel holds: uploaded tables, published outputs and artifacts.
 
-Tables and outputs are Arrow tables kept in batches of at most `MAX_BATCH_ROWS` rows;
-artifacts are Python objects kept as they are. One lock guards all three maps; it is
+Tables and outputs are Arrow record batches (see `tables.StoredTable`); artifacts are
+Python objects kept as they are. One lock guards all three maps; it is
 only ever held for dictionary operations, never while user code or I/O runs.
 """
 
@@ -17,82 +17,9 @@ import pyarrow as pa
 from flight_kernel.errors import Conflict, NotFound
 from flight_kernel.paths import ArtifactPath, FlightPath, OutputPath, TablePath
 from flight_kernel.serialization import estimate_size
+from flight_kernel.tables import MAX_BATCH_ROWS, StoredTable
 
-MAX_BATCH_ROWS = 1 << 20  # bigger batches halve Flight throughput; >2 GiB fails outright
-MIN_AVG_BATCH_ROWS = 8192
-
-
-def normalize(table: pa.Table) -> pa.Table:
-    """Batches of at most `MAX_BATCH_ROWS` rows (zero-copy slices), and not tiny ones."""
-    batches = table.to_batches()
-    if len(batches) > 1 and table.num_rows < MIN_AVG_BATCH_ROWS * len(batches):
-        table = table.combine_chunks()  # many tiny batches cost more per row than one copy
-        batches = table.to_batches()
-    if all(len(b) <= MAX_BATCH_ROWS for b in batches):
-        return table
-    return pa.Table.from_batches(table.to_batches(max_chunksize=MAX_BATCH_ROWS), table.schema)
-
-
-def aligned(table: pa.Table) -> pa.Table:
-    """Buffers Flight received may sit at any address, and polars copies misaligned ones on
-    every read: copy such a table once, on arrival, into aligned memory."""
-    if all(b is None or b.address % 8 == 0
-           for col in table.columns for chunk in col.chunks for b in chunk.buffers()):
-        return table
-    memory = pa.default_cpu_memory_manager()
-    return pa.Table.from_batches([b.copy_to(memory) for b in table.to_batches()], table.schema)
-
-
-def _swap_string_types(schema: pa.Schema, old: tuple[pa.DataType, ...],
-                       new: pa.DataType) -> pa.Schema:
-    fields = [f.with_type(new) if f.type in old else f for f in schema]
-    return pa.schema(fields, metadata=schema.metadata)
-
-
-def with_string_views(table: pa.Table) -> pa.Table:
-    """Strings as views, which polars takes without copying (the data buffer is shared)."""
-    target = _swap_string_types(table.schema, (pa.string(), pa.large_string()),
-                                pa.string_view())
-    return table if target.equals(table.schema) else table.cast(target)
-
-
-def client_schema(schema: pa.Schema) -> pa.Schema:
-    """The schema clients get for a table published from polars: views as large strings."""
-    return _swap_string_types(schema, (pa.string_view(),), pa.large_string())
-
-
-class StoredTable:
-    """A stored table in two forms sharing buffers: for clients, and for polars."""
-
-    def __init__(self, views: pa.Table, client: pa.Table | None) -> None:
-        self.views = views
-        self._client = client
-        self._lock = threading.Lock()
-
-    @classmethod
-    def upload(cls, table: pa.Table) -> StoredTable:
-        """A client's table: served back exactly as it came, read by polars as views."""
-        table = normalize(aligned(table))
-        return cls(with_string_views(table), table)
-
-    @classmethod
-    def output(cls, table: pa.Table) -> StoredTable:
-        """A table from user code: clients get its views cast to large strings on first get."""
-        return cls(normalize(table), None)
-
-    @property
-    def schema(self) -> pa.Schema:
-        return self._client.schema if self._client is not None else \
-            client_schema(self.views.schema)
-
-    def client(self) -> pa.Table:
-        with self._lock:
-            if self._client is None:
-                target = client_schema(self.views.schema)
-                self._client = self.views if target.equals(self.views.schema) \
-                    else self.views.cast(target)
-            return self._client
-
+__all__ = ["MAX_BATCH_ROWS", "Store", "StoredTable"]
 
 @dataclass
 class Artifact:
