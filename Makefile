@@ -25,3 +25,11 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+image-test: $(STAMP)
+	$(BIN)/pytest -v -m image tests/image
+
+.PHONY: constraints
+constraints: $(STAMP)
+	$(BIN)/python -m tests.image.constraints > constraints.txt.new
+	mv constraints.txt.new constraints.txt

@@ -176,9 +176,15 @@ class KernelSupervisor(KernelHandle):
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._spawn()
-        self._monitor = threading.Thread(target=self._watch, name="kernel-monitor", daemon=True)
+        """Start the kernel and its monitor; raise if the first start fails."""
+        failure: list[BaseException] = []
+        self._monitor = threading.Thread(target=self._watch, args=(failure,),
+                                         name="kernel-monitor", daemon=True)
         self._monitor.start()
+        with self._cond:
+            self._cond.wait_for(lambda: self._ready or bool(failure))
+        if failure:
+            raise failure[0]
 
     def _spawn(self) -> None:
         location = f"grpc://{self.settings.connect_host}:{self.settings.flight_port}"
@@ -214,7 +220,16 @@ class KernelSupervisor(KernelHandle):
         logger.info("kernel ready (pid %s, generation %s) on %s", proc.pid, self._generation,
                     location)
 
-    def _watch(self) -> None:
+    def _watch(self, failure: list[BaseException]) -> None:
+        # Every spawn happens in this long-lived thread: the kernel's "die with parent"
+        # signal fires when the *thread* that forked it ends, not the process.
+        try:
+            self._spawn()
+        except BaseException as exc:
+            with self._cond:
+                failure.append(exc)
+                self._cond.notify_all()
+            return
         while True:
             with self._cond:
                 proc, generation = self._proc, self._generation

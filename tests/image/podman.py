@@ -1,0 +1,274 @@
+"""Podman as these machines need it: the tools, a cached Debian base image, builds and runs.
+
+Notes for these machines, kept here as code (the README's development section repeats them):
+* `podman --runtime runc`: the default runtime fails on the cgroup setup here.
+* Every `run` passes `--ulimit nofile=…,nproc=…` no higher than podman's own limits: podman's
+  defaults (1048576) exceed the hard limits here, and without CAP_SYS_RESOURCE runc may not
+  raise them ("error setting rlimit type 7: operation not permitted").
+* Builds use `--network host`; runs publish the ports (`-p 127.0.0.1::9999`), which also checks
+  that the server binds 0.0.0.0 and that Flight works behind a port mapping. Where the bridge
+  network does not work, KERNEL_IMAGE_TEST_NETWORK=host runs with host networking and free
+  ports passed as KERNEL_HTTP_PORT / KERNEL_FLIGHT_PORT instead.
+* pip inside must trust the host's CA bundle (a TLS-inspecting proxy sits in front of the
+  package index): the bundle is mounted over the container's, and PIP_CERT points at it,
+  because the venv's pip (23.0 on bookworm) reads certifi's bundle, not the system's.
+  The host's other pip settings (index, timeout, proxy) pass through when they make sense in a
+  container; `file://` indexes and find-links on the host's disk do not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_TAG = "localhost/kernel-runtime-base:bookworm"
+IMAGE_TAG = "localhost/kernel-runtime:test"
+BASE_SUITE = "bookworm"
+BASE_PACKAGES = "python3,python3-venv,curl,ca-certificates"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TOOLS = {"podman": "podman", "runc": "runc", "debootstrap": "debootstrap"}  # command: package
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CONTAINER_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+NETWORK_ENV = "KERNEL_IMAGE_TEST_NETWORK"
+PODMAN_NPROC = 32768  # podman lowers its own RLIMIT_NPROC to this before starting runc
+# pip options (as `pip config list` names them) that mean the same inside a container.
+PIP_OPTIONS = {"index-url": "PIP_INDEX_URL", "extra-index-url": "PIP_EXTRA_INDEX_URL",
+               "trusted-host": "PIP_TRUSTED_HOST", "default-timeout": "PIP_DEFAULT_TIMEOUT",
+               "proxy": "PIP_PROXY"}
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+START_DEADLINE_S = 300.0  # pip-installing KERNEL_PACKAGES over a slow index counts too
+BUILD_TIMEOUT_S = 1800.0
+
+
+def run(argv: Sequence[str], *, timeout: float = 600.0, check: bool = True,
+        **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a command; when `check`, a failure fails the test with the command's output."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                          check=False, **kwargs)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} failed with exit code {proc.returncode}:\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}", pytrace=False)
+    return proc
+
+
+def podman(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """`podman --runtime runc ARGS` (the default runtime fails on the cgroup setup here)."""
+    return run(["podman", "--runtime", "runc", *args], **kwargs)
+
+
+def ensure_tools() -> None:
+    """Install podman, runc and debootstrap with apt-get where missing; skip if impossible."""
+    missing = [package for command, package in TOOLS.items() if shutil.which(command) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(f"podman cannot run containers here: {', '.join(missing)} missing, and "
+                    "installing them needs root and apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-q"], env=env)
+    run(["apt-get", "install", "-y", "-q", *missing], env=env)
+
+
+def _hard_limit(kind: int, cap: int) -> int:
+    hard = resource.getrlimit(kind)[1]
+    return cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+
+
+def rlimit_args() -> list[str]:
+    """`--ulimit` flags runc can apply here: never above the limits podman runs under."""
+    nofile = _hard_limit(resource.RLIMIT_NOFILE, 1048576)
+    nproc = _hard_limit(resource.RLIMIT_NPROC, PODMAN_NPROC)
+    return ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
+
+
+def _pip_config() -> dict[str, str]:
+    """The host's effective pip options (config files, then PIP_* variables, which win)."""
+    listing = run([sys.executable, "-m", "pip", "config", "list"]).stdout
+    options = {}
+    for line in listing.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            options[key.rsplit(".", 1)[-1]] = value.strip().strip("'\"")
+    return options
+
+
+def _ca_bundle(options: dict[str, str]) -> Path | None:
+    cert = options.get("cert")
+    if cert and Path(cert).is_file():
+        return Path(cert)
+    return HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None
+
+
+def pip_access() -> tuple[list[str], dict[str, str]]:
+    """Mount flags and environment that let pip in a container reach the host's index."""
+    options = _pip_config()
+    env = {}
+    for option, variable in PIP_OPTIONS.items():
+        # A file:// index or path lives on the host's disk: useless inside the container.
+        usable = [v for v in options.get(option, "").split() if not v.startswith("file:")]
+        if usable:
+            env[variable] = " ".join(usable)
+    env.update({name: os.environ[name] for name in PROXY_VARS if os.environ.get(name)})
+    mounts = []
+    bundle = _ca_bundle(options)
+    if bundle is not None:
+        mounts = ["-v", f"{bundle}:{CONTAINER_CA_BUNDLE}:ro"]
+        env["PIP_CERT"] = CONTAINER_CA_BUNDLE
+    return mounts, env
+
+
+def image_exists(tag: str) -> bool:
+    """Whether podman holds an image with this tag."""
+    return podman("image", "exists", tag, check=False).returncode == 0
+
+
+def _image_id(tag: str) -> str | None:
+    proc = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def base_image() -> str:
+    """The cached Debian base (debootstrap minbase + python3, venv, curl); built if missing."""
+    if image_exists(BASE_TAG):
+        return BASE_TAG
+    with tempfile.TemporaryDirectory(prefix="kernel-runtime-base-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", BASE_SUITE,
+             str(rootfs), DEBIAN_MIRROR], timeout=1200)
+        # An imported tarball has no config at all: give it the usual PATH and shell.
+        changes = ["--change", f"ENV PATH={STANDARD_PATH}", "--change", 'CMD ["/bin/bash"]']
+        with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."],
+                              stdout=subprocess.PIPE) as tar:
+            podman("import", *changes, "-", BASE_TAG, stdin=tar.stdout, timeout=600)
+        assert tar.returncode == 0, f"tar of the debootstrap root failed ({tar.returncode})"
+    return BASE_TAG
+
+
+def container_start_problem(image: str) -> str | None:
+    """Why podman cannot start a trivial container from `image`, or None when it can."""
+    proc = podman("run", "--rm", *rlimit_args(), image, "true", check=False, timeout=120)
+    if proc.returncode == 0:
+        return None
+    return f"exit code {proc.returncode}: {proc.stderr.strip()[-2000:]}"
+
+
+def build_image(base: str) -> str:
+    """Build the project's Dockerfile on `base`; the image replaced by the new one is removed."""
+    mounts, env = pip_access()
+    previous = _image_id(IMAGE_TAG)
+    build_args = [f"--build-arg={name}={value}" for name, value in env.items()]
+    # --format docker: the OCI format has no HEALTHCHECK and podman would drop it.
+    podman("build", "--format", "docker", "--network", "host", *mounts, *build_args,
+           f"--build-arg=BASE_IMAGE={base}", "--tag", IMAGE_TAG, str(ROOT),
+           timeout=BUILD_TIMEOUT_S)
+    if previous is not None and previous != _image_id(IMAGE_TAG):
+        podman("rmi", previous, check=False)  # its layers would pile up build after build
+    return IMAGE_TAG
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Container:
+    """A running kernel-runtime container and how to reach its two planes."""
+
+    name: str
+    http_port: int
+    flight_port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def flight_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.flight_port}"
+
+    def logs(self) -> str:
+        """What the container printed so far."""
+        proc = podman("logs", self.name, check=False)
+        return proc.stdout + proc.stderr
+
+    def state(self) -> str:
+        """`running`, `exited`, ..."""
+        return podman("inspect", "--format", "{{.State.Status}}", self.name).stdout.strip()
+
+    def exit_code(self) -> int:
+        """The exit code of the container's main process (once it has exited)."""
+        out = podman("inspect", "--format", "{{.State.ExitCode}}", self.name).stdout
+        return int(out.strip())
+
+    def wait_healthy(self, client: httpx.Client) -> dict[str, Any]:
+        """Poll /health until it answers 200; fail when the container exits or time runs out."""
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            with contextlib.suppress(httpx.TransportError):  # not listening yet
+                response = client.get("/health")
+                if response.status_code == 200:
+                    body: dict[str, Any] = response.json()
+                    return body
+            if self.state() != "running":
+                pytest.fail(f"container {self.name} stopped before it was healthy:\n"
+                            f"{self.logs()}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"container {self.name} not healthy within {START_DEADLINE_S:g} s:"
+                            f"\n{self.logs()}", pytrace=False)
+            time.sleep(0.2)  # a polling interval
+
+
+def _published_port(name: str, port: int) -> int:
+    mapping = podman("port", name, f"{port}/tcp").stdout.split()[0]  # "127.0.0.1:41234"
+    return int(mapping.rsplit(":", 1)[1])
+
+
+def _network_args() -> tuple[list[str], dict[str, str]]:
+    """Flags and environment for the chosen network mode (see the module's notes)."""
+    if os.environ.get(NETWORK_ENV) == "host":
+        ports = {"KERNEL_HTTP_PORT": str(free_port()), "KERNEL_FLIGHT_PORT": str(free_port())}
+        return ["--network", "host"], ports
+    return ["-p", "127.0.0.1::9999", "-p", "127.0.0.1::8815"], {}
+
+
+@contextlib.contextmanager
+def running(image: str, env: dict[str, str] | None = None,
+            volumes: dict[Path, str] | None = None) -> Iterator[Container]:
+    """Run `image` detached; the container is removed on exit, whatever happened."""
+    name = f"kernel-runtime-test-{uuid.uuid4().hex[:10]}"
+    mounts, pip_env = pip_access()
+    network, port_env = _network_args()
+    environment = {**pip_env, **port_env, **(env or {})}
+    args = ["run", "--detach", "--name", name, *rlimit_args(), *network, *mounts]
+    args += [f"--env={key}={value}" for key, value in environment.items()]
+    args += [f"--volume={host}:{inside}" for host, inside in (volumes or {}).items()]
+    podman(*args, image)
+    try:
+        if port_env:
+            yield Container(name, int(port_env["KERNEL_HTTP_PORT"]),
+                            int(port_env["KERNEL_FLIGHT_PORT"]))
+        else:
+            yield Container(name, _published_port(name, 9999), _published_port(name, 8815))
+    finally:
+        podman("rm", "--force", "--time", "10", name, check=False)

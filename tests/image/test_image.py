@@ -1,0 +1,113 @@
+"""The container image, built and run with Podman, checked through its published ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from tests.image import podman
+
+pytestmark = pytest.mark.image
+
+# The seed README's "Complete Example", verbatim.
+COMPLETE_EXAMPLE = """\
+import polars as pl
+
+# Read input data
+df = flowfile.read_input()
+
+# Transform the data
+result = (
+    df
+    .filter(pl.col("status") == "active")
+    .group_by("category")
+    .agg(pl.col("amount").sum().alias("total"))
+    .collect()
+)
+
+flowfile.log_info(f"Processed {result.height} categories")
+
+# Store intermediate result as artifact
+flowfile.publish_artifact("category_totals", result)
+
+# Write output
+flowfile.publish_output(result)
+"""
+EXTRA_PACKAGE = "tabulate"  # small, pure Python, and not a dependency of the image
+USES_EXTRA_PACKAGE = "import tabulate\nprint(tabulate.tabulate([['kernel', 7]]))"
+
+
+def execute(http: httpx.Client, code: str, **fields: Any) -> dict[str, Any]:
+    """POST /execute and return the JSON answer (HTTP 200 expected)."""
+    response = http.post("/execute", json={"node_id": "node_1", "code": code, **fields})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_health_and_healthcheck(kernel: podman.Container, http: httpx.Client) -> None:
+    body = http.get("/health").json()
+    assert body["status"] == "healthy"
+    assert body["artifact_count"] == 0
+    # The image's own HEALTHCHECK (curl inside the container) passes too.
+    assert podman.podman("healthcheck", "run", kernel.name).returncode == 0
+
+
+def test_complete_example_over_shared_volume(http: httpx.Client, shared_dir: Path) -> None:
+    pl.DataFrame({
+        "status": ["active", "active", "inactive", "active"],
+        "category": ["a", "b", "a", "a"],
+        "amount": [1, 2, 40, 3],
+    }).write_parquet(shared_dir / "input.parquet")
+
+    result = execute(http, COMPLETE_EXAMPLE, input_paths={"main": ["/shared/input.parquet"]},
+                     output_dir="/shared/output", flow_id=1)
+
+    assert result["success"], result
+    assert result["output_paths"] == ["/shared/output/output_0.parquet"]
+    assert result["published_artifacts"] == ["category_totals"]
+    written = pl.read_parquet(shared_dir / "output" / "output_0.parquet").sort("category")
+    assert written.to_dicts() == [{"category": "a", "total": 4}, {"category": "b", "total": 2}]
+    listed = http.get("/artifacts").json()
+    assert [(a["name"], a["flow_id"], a["node_id"]) for a in listed] == \
+        [("category_totals", 1, "node_1")]
+
+
+def test_flight_round_trip(kernel: podman.Container) -> None:
+    table = pa.table({"x": [1, 2, 3], "y": ["a", "b", None]})
+    with flight.connect(kernel.flight_url) as client:
+        writer, _ = client.do_put(flight.FlightDescriptor.for_path("tables", "t"), table.schema)
+        writer.write_table(table)
+        writer.close()
+        assert client.do_get(flight.Ticket(b"tables/t")).read_all().equals(table)
+
+
+def test_extra_package_is_not_preinstalled(http: httpx.Client) -> None:
+    result = execute(http, USES_EXTRA_PACKAGE)
+    assert not result["success"]
+    assert result["error"].startswith("ModuleNotFoundError"), result
+
+
+def test_kernel_packages_installed_at_start(image: str) -> None:
+    with (podman.running(image, env={"KERNEL_PACKAGES": EXTRA_PACKAGE}) as container,
+          httpx.Client(base_url=container.http_url, timeout=120.0) as http):
+        container.wait_healthy(http)
+        result = execute(http, USES_EXTRA_PACKAGE)
+        assert result["success"], result
+        assert "kernel" in result["stdout"]
+        assert f"installing KERNEL_PACKAGES: {EXTRA_PACKAGE}" in container.logs()
+
+
+def test_sigterm_stops_the_server_cleanly(image: str) -> None:
+    with (podman.running(image) as container,
+          httpx.Client(base_url=container.http_url, timeout=120.0) as http):
+        container.wait_healthy(http)
+        # `podman stop` sends SIGTERM to PID 1: the server itself, since entrypoint.sh execs it.
+        podman.podman("stop", "--time", "30", container.name)
+        assert container.exit_code() == 0, container.logs()
