@@ -20,6 +20,7 @@ class ExecuteRequest(BaseModel):
     output_dir: StrictStr = Field("", description="parquet output directory; empty -> Flight")
     flow_id: StrictInt = Field(0, description="isolation key for artifacts")
     timeout_s: float | None = Field(None, gt=0, le=threading.TIMEOUT_MAX,  # a timer's max wait
+                                    strict=True,  # no `true`, no "1"
                                     description="wall-clock limit in seconds")
 
 
