@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from control.routes import open_router, require_token, router
+from control.schemas import ErrorBody
 from control.supervisor import KernelHandle, KernelSupervisor
 from flight_kernel import __version__
 from flight_kernel.errors import (
@@ -43,11 +44,22 @@ HTTP_STATUS: dict[type[KernelError], int] = {
 }
 
 
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    404: {"model": ErrorBody, "description": "nothing of that name"},
+    409: {"model": ErrorBody, "description": "clashes with what exists"},
+    503: {"model": ErrorBody, "description": "the kernel is (re)starting"},
+}
+
+
 async def _kernel_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, KernelError)
     status = next((code for cls, code in HTTP_STATUS.items() if isinstance(exc, cls)), 500)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"detail": exc.message, "error_kind": exc.kind}, status_code=status,
+    detail: Any = exc.message
+    if status == 422:  # the shape of FastAPI's own 422s, so one schema documents both
+        detail = [{"type": exc.kind, "loc": ["body"], "msg": exc.message}]
+    return JSONResponse({"detail": detail, "error_kind": exc.kind}, status_code=status,
                         headers=headers)
 
 
@@ -94,7 +106,8 @@ def create_app(settings: Settings | None = None, kernel: KernelHandle | None = N
     app.add_exception_handler(HTTPException, _http_error)
     app.include_router(open_router)
     # Without a token there is nothing to check: no dependency on the hot path.
-    app.include_router(router, dependencies=[Depends(require_token)] if settings.auth_token else [])
+    guard = [Depends(require_token)] if settings.auth_token else []
+    app.include_router(router, responses=ERROR_RESPONSES, dependencies=guard)
     return app
 
 

@@ -93,3 +93,10 @@ class HealthResponse(BaseModel):
     status: str
     version: str
     artifact_count: int | None = None
+
+
+class ErrorBody(BaseModel):
+    """A refusal: what was wrong, and its kind (NotFound, Conflict, ...)."""
+
+    detail: str
+    error_kind: str
