@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import ctypes
+import functools
 import itertools
 import linecache
 import logging
@@ -19,7 +20,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Any
 
 from flight_kernel import flowfile
@@ -111,6 +112,12 @@ def _user_traceback(exc: BaseException, filename: str) -> str:
     return "".join(lines)
 
 
+@functools.lru_cache(maxsize=256)
+def _compile(code: str, filename: str) -> CodeType:
+    """Pipelines re-run the same node code: compile it once."""
+    return compile(code, filename, "exec")
+
+
 class Executor:
     """Runs executions and keeps track of the running ones for interrupts."""
 
@@ -134,7 +141,7 @@ class Executor:
             reader=self._reader, stdout=CappedBuffer(self._max_stream_bytes),
             stderr=CappedBuffer(self._max_stream_bytes),
         )
-        filename = f"<node {req.node_id}>"
+        filename = f"<node {req.node_id}>".replace("\x00", "\\x00")  # compile() refuses NUL
         # A node's re-execution replaces what it published before.
         self._store.clear_node_artifacts([req.node_id], req.flow_id)
         self._store.clear_node_outputs(req.flow_id, ctx.node_key)
@@ -146,23 +153,24 @@ class Executor:
             timer.daemon = True
         error: BaseException | None = None
         token = current.set(ctx)
-        with self._lock:
-            self._running[ctx.execution_id] = ctx
         try:
             try:
-                # linecache lets tracebacks show the user's source lines
-                linecache.cache[filename] = (len(req.code), None,
-                                             req.code.splitlines(keepends=True), filename)
-                compiled = compile(req.code, filename, "exec")
+                if timer is not None:
+                    # Before the execution can be interrupted: an async exception sent while
+                    # this thread creates one also hits the newborn thread (it briefly has
+                    # our ident), which then dies unstarted and start() waits forever.
+                    timer.start()
+                with self._lock:
+                    self._running[ctx.execution_id] = ctx
+                compiled = _compile(req.code, filename)
                 namespace = {"__name__": "__main__", "__builtins__": builtins,
                              "flowfile": flowfile}
-                if timer is not None:
-                    timer.start()
                 exec(compiled, namespace)
             finally:
                 with self._lock:
                     ctx.done = True
-                    _set_async_exc(ctx.thread_id, None)  # drop an interrupt not yet delivered
+                    if ctx.cancel_reason is not None:  # drop an interrupt not yet delivered
+                        _set_async_exc(ctx.thread_id, None)
         except BaseException as exc:
             error = exc
         finally:
@@ -172,10 +180,7 @@ class Executor:
             with self._lock:
                 self._running.pop(ctx.execution_id, None)
             current.reset(token)
-        try:
-            return self._response(ctx, req, error, filename)
-        finally:
-            linecache.cache.pop(filename, None)
+        return self._response(ctx, req, error, filename)
 
     def _response(self, ctx: ExecutionContext, req: ExecuteRequest,
                   error: BaseException | None, filename: str) -> dict[str, Any]:
@@ -203,7 +208,13 @@ class Executor:
                 body["error"] = _format_error(error)
                 body["error_kind"] = ("syntax" if isinstance(error, SyntaxError) else
                                       "exit" if isinstance(error, SystemExit) else "exception")
-            body["traceback"] = _user_traceback(error, filename)
+            # linecache lets the traceback show the user's source lines
+            linecache.cache[filename] = (len(req.code), None,
+                                         req.code.splitlines(keepends=True), filename)
+            try:
+                body["traceback"] = _user_traceback(error, filename)
+            finally:
+                linecache.cache.pop(filename, None)
             logger.info("execution %s (flow %s node %s) failed: %s", ctx.execution_id,
                         ctx.flow_id, ctx.node_id, body["error"])
         return body

@@ -109,22 +109,24 @@ class StoredTable:
             return pa.Table.from_batches(self._views, self._views_schema)
 
     def _align(self) -> None:
-        shared = self._client is self._views
-        copied = False
-        for i, batch in enumerate(self._views):
-            columns = batch.columns
-            if all(_is_aligned(c) for c in columns):
-                continue
-            fresh = [c if _is_aligned(c) else c.copy_to(_MEMORY) for c in columns]
-            copied = True
-            self._views[i] = pa.RecordBatch.from_arrays(fresh, schema=self._views_schema)
-            if not shared and self._client is not None:  # the client form shares these too
-                old = self._client[i]
-                self._client[i] = pa.RecordBatch.from_arrays(
-                    [f if old.schema.field(j).type == f.type else old.column(j)
-                     for j, f in enumerate(fresh)], schema=self.schema)
-        if copied:
-            _release_freed_memory()
+        for i in range(len(self._views)):
+            if self._align_batch(i):
+                # The old batch's buffers were one gRPC message, free now: hand it back to
+                # the OS before copying the next, so the copy holds at most a batch extra.
+                _release_freed_memory()
+
+    def _align_batch(self, i: int) -> bool:
+        columns = self._views[i].columns
+        if all(_is_aligned(c) for c in columns):
+            return False
+        fresh = [c if _is_aligned(c) else c.copy_to(_MEMORY) for c in columns]
+        if self._client is not None and self._client is not self._views:
+            old = self._client[i]  # the client form shares the numeric columns too
+            self._client[i] = pa.RecordBatch.from_arrays(
+                [f if old.schema.field(j).type == f.type else old.column(j)
+                 for j, f in enumerate(fresh)], schema=self.schema)
+        self._views[i] = pa.RecordBatch.from_arrays(fresh, schema=self._views_schema)
+        return True
 
     def client(self) -> pa.Table:
         """The table as clients get it back."""
