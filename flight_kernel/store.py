@@ -83,9 +83,21 @@ class Store:
         with self._lock:
             found = (self._tables.get(path) if isinstance(path, TablePath)
                      else self._outputs.get(path))
-        if found is None:
-            raise NotFound(f"nothing stored at {path}")
+            if found is None:
+                raise NotFound(f"nothing stored at {path} ({self._neighbours(path)})")
         return found
+
+    def _neighbours(self, path: TablePath | OutputPath) -> str:
+        """What exists beside a missing path, for the error message (lock held)."""
+        if isinstance(path, TablePath):
+            names = sorted(p.name for p in self._tables)
+            what = "tables"
+        else:
+            names = sorted(str(p) for p in self._outputs
+                           if (p.flow_id, p.node_id) == (path.flow_id, path.node_id))
+            what = f"outputs of node {path.node_id!r} in flow {path.flow_id}"
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        return f"{what}: {shown or 'none'}"
 
     def clear_node_outputs(self, flow_id: int, node_id: str) -> list[OutputPath]:
         """Drop the outputs a node published (its re-execution replaces them)."""
