@@ -33,3 +33,15 @@ image-test: $(STAMP)
 constraints: $(STAMP)
 	$(BIN)/python -m tests.image.constraints > constraints.txt.new
 	mv constraints.txt.new constraints.txt
+
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e ".[test,dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)   # everything, 1 GiB tables: benchmarks/results/latest.{md,png}, README table
+	$(BIN)/python -m benchmarks --readme
+
+bench-quick: $(BENCH_STAMP)   # smaller sizes, fewer repetitions: benchmarks/results/quick.{md,png}
+	$(BIN)/python -m benchmarks --quick

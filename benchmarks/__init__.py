@@ -1,0 +1,1 @@
+"""Side-by-side measurements of the kernel runtime against baselines (`python -m benchmarks`)."""

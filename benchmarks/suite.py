@@ -1,0 +1,28 @@
+"""The figures of the benchmark issue, each measured against its baseline in the same run.
+
+Every function takes the running processes (`Env`) and a `Config` and returns `Result`s;
+the service is the real `kernel-runtime serve` (see `harness.Service`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from benchmarks.latency import concurrency, latency
+from benchmarks.memory import artifact, leak, memory
+from benchmarks.model import CONFIGS, TIMES, Config, Env, Result
+from benchmarks.throughput import passthrough, transfer
+
+__all__ = ["CONFIGS", "FIGURES", "ORDER", "TIMES", "Config", "Env", "Result"]
+
+FIGURES: dict[str, Callable[[Env, Config], list[Result]]] = {
+    "leak": leak,                # 9: first, on a fresh kernel, before big tables come and go
+    "transfer": transfer,        # 1, 2
+    "passthrough": passthrough,  # 3
+    "latency": latency,          # 4, 5
+    "concurrency": concurrency,  # 6, 6b
+    "memory": memory,            # 7, 7b
+    "artifact": artifact,        # 8
+}
+
+ORDER = ["1", "2", "3", "4", "4 p99", "5", "6", "6b", "7", "7b", "8", "9"]
