@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import os
@@ -66,7 +67,8 @@ async def health(kernel: Kernel) -> Response:
     extra = {"restarts": status["restarts"], "supervisor_pid": os.getpid()}
     if status["state"] == "healthy":
         try:
-            body: dict[str, Any] = json.loads(await run_in_threadpool(kernel.call, "health"))
+            body: dict[str, Any] = json.loads(await run_in_threadpool(
+                functools.partial(kernel.call, "health", wait=False)))
             return JSONResponse({**body, **extra, "kernel_pid": body.get("kernel_pid")})
         except KernelUnavailable:
             pass

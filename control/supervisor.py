@@ -72,7 +72,7 @@ class KernelHandle:
     def status(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _connection(self) -> tuple[int, KernelConnection]:
+    def _connection(self, wait: bool = True) -> tuple[int, KernelConnection]:
         raise NotImplementedError
 
     def _lost(self, generation: int, started: float, body: dict[str, Any]) -> bytes:
@@ -81,14 +81,16 @@ class KernelHandle:
     def _kill(self, generation: int, reason: str) -> None:
         """End an unresponsive kernel (only a supervisor can)."""
 
-    def call(self, action: str, body: dict[str, Any] | None = None) -> bytes:
-        _, conn = self._connection()
+    def call(self, action: str, body: dict[str, Any] | None = None, *,
+             wait: bool = True) -> bytes:
+        """Forward one action; without `wait`, a kernel that is not up is refused at once."""
+        _, conn = self._connection(wait)
         try:
             return conn.call(action, body)
         except (TransportError, flight.FlightTimedOutError) as exc:
             raise KernelUnavailable(f"the kernel did not answer {action!r}: {exc}") from None
 
-    def execute(self, body: dict[str, Any]) -> bytes:
+    def execute(self, body: dict[str, Any], *, retry: bool = True) -> bytes:
         """Run code; a kernel that dies or hangs gives a failed result, not an error."""
         timeout = body.get("timeout_s") or self.settings.exec_timeout_s
         # The kernel stops the code itself at `timeout`; this limit is only for code that
@@ -103,7 +105,9 @@ class KernelHandle:
                                    f"ignored the interrupt for {self.settings.interrupt_grace_s:g}"
                                    " s, so the kernel was restarted")
             return self._lost(generation, started, body)
-        except TransportError:
+        except TransportError as exc:
+            if retry and "failed to connect" in str(exc):  # it never reached a kernel
+                return self.execute(body, retry=False)
             return self._lost(generation, started, body)
 
     def interrupt(self, body: dict[str, Any]) -> bytes:
@@ -143,13 +147,21 @@ class AttachedKernel(KernelHandle):
         if self._conn is not None:
             self._conn.close()
 
-    def _connection(self) -> tuple[int, KernelConnection]:
+    def _connection(self, wait: bool = True) -> tuple[int, KernelConnection]:
         if self._conn is None:
             raise KernelUnavailable("the kernel connection is not open")
         return 0, self._conn
 
     def status(self) -> dict[str, Any]:
         return {"state": "healthy", "restarts": 0, "kernel_pid": None}
+
+
+def _alive(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a child still runs, without reaping it (the monitor thread does that)."""
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:  # reaped already
+        return False
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -272,13 +284,24 @@ class KernelSupervisor(KernelHandle):
 
     # -- calls -----------------------------------------------------------------------------
 
-    def _connection(self) -> tuple[int, KernelConnection]:
+    def _connection(self, wait: bool = True) -> tuple[int, KernelConnection]:
+        """The running kernel; waits (bounded) while it (re)starts."""
+        deadline = time.monotonic() + (self.settings.start_timeout_s if wait else 0.0)
         with self._cond:
-            ok = self._cond.wait_for(lambda: self._ready or self._stopping,
-                                     timeout=self.settings.start_timeout_s)
-            if not ok or self._stopping or self._conn is None:
-                raise KernelUnavailable("the kernel is (re)starting; try again shortly")
-            return self._generation, self._conn
+            while True:
+                ok = self._cond.wait_for(lambda: self._ready or self._stopping,
+                                         timeout=max(0.0, deadline - time.monotonic()))
+                if not ok or self._stopping or self._conn is None or self._proc is None:
+                    raise KernelUnavailable("the kernel is (re)starting; try again shortly")
+                if _alive(self._proc):
+                    return self._generation, self._conn
+                if not wait:
+                    raise KernelUnavailable("the kernel is restarting")
+                # Dead, and the monitor has not noticed yet: a request sent now would be
+                # reported as killed by code it never ran. Wait for the next kernel instead.
+                self._cond.wait_for(lambda g=self._generation: (  # type: ignore[misc]
+                    self._generation != g or self._stopping),
+                    timeout=max(0.0, deadline - time.monotonic()))
 
     def _kill(self, generation: int, reason: str) -> None:
         with self._cond:

@@ -306,7 +306,8 @@ class _RefusingKernel(KernelHandle):
     def status(self) -> dict[str, Any]:
         return {"state": "healthy", "restarts": 0, "kernel_pid": None}
 
-    def call(self, action: str, body: dict[str, Any] | None = None) -> bytes:
+    def call(self, action: str, body: dict[str, Any] | None = None, *,
+             wait: bool = True) -> bytes:
         raise self._error
 
 
