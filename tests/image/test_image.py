@@ -11,34 +11,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from tests.control.test_seed_examples import COMPLETE_EXAMPLE
 from tests.image import podman
 
 pytestmark = pytest.mark.image
 
-# The seed README's "Complete Example", verbatim.
-COMPLETE_EXAMPLE = """\
-import polars as pl
-
-# Read input data
-df = flowfile.read_input()
-
-# Transform the data
-result = (
-    df
-    .filter(pl.col("status") == "active")
-    .group_by("category")
-    .agg(pl.col("amount").sum().alias("total"))
-    .collect()
-)
-
-flowfile.log_info(f"Processed {result.height} categories")
-
-# Store intermediate result as artifact
-flowfile.publish_artifact("category_totals", result)
-
-# Write output
-flowfile.publish_output(result)
-"""
 EXTRA_PACKAGE = "tabulate"  # small, pure Python, and not a dependency of the image
 USES_EXTRA_PACKAGE = "import tabulate\nprint(tabulate.tabulate([['kernel', 7]]))"
 
