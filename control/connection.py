@@ -7,6 +7,7 @@ from typing import Any
 
 import pyarrow.flight as flight
 
+from flight_kernel.auth import call_options
 from flight_kernel.errors import (
     Conflict,
     InvalidRequest,
@@ -34,11 +35,6 @@ class TransportError(Exception):
     """The call did not reach the kernel or the kernel went away while answering."""
 
 
-def bearer_options(token: str | None, timeout: float | None = None) -> flight.FlightCallOptions:
-    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-    return flight.FlightCallOptions(headers=headers, timeout=timeout)
-
-
 class KernelConnection:
     """Calls the kernel's JSON actions over one Flight client (thread-safe)."""
 
@@ -46,13 +42,13 @@ class KernelConnection:
         self.location = location
         self._token = token
         self._client = flight.connect(location)
-        self._options = bearer_options(token)
+        self._options = call_options(token)
 
     def call(self, action: str, body: dict[str, Any] | None = None,
              timeout: float | None = None) -> bytes:
         """Run an action; return its raw JSON result."""
         payload = json.dumps(body or {}).encode()
-        options = self._options if timeout is None else bearer_options(self._token, timeout)
+        options = self._options if timeout is None else call_options(self._token, timeout)
         try:
             results = list(self._client.do_action(flight.Action(action, payload), options))
         except KeyError as exc:

@@ -10,6 +10,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flight_kernel.auth import call_options
 from flight_kernel.paths import ArtifactPath, FlightURI, is_flight_uri, parse_flight_uri
 from flight_kernel.serialization import as_arrow_table, is_table_like
 
@@ -58,10 +59,7 @@ class InputReader:
 
     def fetch_remote(self, uri: FlightURI) -> pa.Table:
         """`do_get` from another Flight server (sending our token, if any)."""
-        headers = []
-        if self._auth_token:
-            headers.append((b"authorization", f"Bearer {self._auth_token}".encode()))
-        options = flight.FlightCallOptions(headers=headers)
+        options = call_options(self._auth_token)
         with flight.connect(f"grpc://{uri.host}:{uri.port}") as client:
             try:
                 return client.do_get(flight.Ticket(str(uri.path).encode()), options).read_all()

@@ -7,7 +7,6 @@ place (`flight_errors`), so no traceback of user code or kernel internals reache
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_kernel.actions import Actions
+from flight_kernel.auth import BearerAuthMiddlewareFactory
 from flight_kernel.errors import (
     Conflict,
     InvalidRequest,
@@ -65,22 +65,6 @@ def flight_errors(what: str) -> Iterator[None]:
         raise flight.FlightInternalError(
             f"internal error in {what}: {type(exc).__name__}: {exc}"
         ) from None
-
-
-class BearerAuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
-    """Every call must carry `authorization: Bearer <token>` (compared in constant time)."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self._expected = f"Bearer {token}".encode()
-
-    def start_call(self, info: Any, headers: dict[str, list[Any]]) -> None:
-        values = headers.get("authorization") or headers.get("Authorization") or []
-        given = values[0] if values else ""
-        given_b = given.encode() if isinstance(given, str) else bytes(given)
-        if not hmac.compare_digest(given_b, self._expected):
-            raise flight.FlightUnauthenticatedError("missing or invalid bearer token")
-        return None
 
 
 class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
