@@ -17,6 +17,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from flight_kernel.auth import call_options
 from flight_kernel.paths import (
     ArtifactPath,
     FlightPath,
@@ -64,8 +65,7 @@ class KernelClient:
         self._http = httpx.Client(base_url=http_url, headers=headers, timeout=timeout)
         self._flight_url = flight_url
         self._flight = flight.connect(flight_url)
-        flight_headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-        self._options = flight.FlightCallOptions(headers=flight_headers)
+        self._options = call_options(token)
 
     def __enter__(self) -> KernelClient:
         return self
@@ -82,7 +82,10 @@ class KernelClient:
 
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
         response = self._http.request(method, url, **kwargs)
-        response.raise_for_status()
+        if response.is_error:  # say what the service said, not only the status
+            raise httpx.HTTPStatusError(
+                f"{method} {url} answered {response.status_code}: {response.text}",
+                request=response.request, response=response)
         return response.json()
 
     def execute(self, node_id: str | int, code: str, *,
