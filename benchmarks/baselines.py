@@ -32,8 +32,13 @@ class BareFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         super().__init__(location)
         self._tables: dict[bytes, pa.Table] = {}
 
-    def do_put(self, context: Any, descriptor: flight.FlightDescriptor,
-               reader: flight.MetadataRecordBatchReader, writer: Any) -> None:
+    def do_put(
+        self,
+        context: Any,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: Any,
+    ) -> None:
         key = "/".join(p.decode() if isinstance(p, bytes) else p for p in descriptor.path)
         self._tables[key.encode()] = reader.read_all()
 
@@ -103,17 +108,29 @@ class Baseline:
         extra = ["--flight", self.flight_location] if self.flight_location else []
         root = str(Path(__file__).resolve().parent.parent)  # importable from any cwd
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.baselines", self.kind,
-                                      "--port", str(self.port), *extra],
-                                     env={**os.environ, "PYTHONPATH": path})
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.baselines",
+                self.kind,
+                "--port",
+                str(self.port),
+                *extra,
+            ],
+            env={**os.environ, "PYTHONPATH": path},
+        )
         if self.kind == "flight":
+
             def ready() -> bool:
                 with flight.connect(f"grpc://127.0.0.1:{self.port}") as c:
                     list(c.do_action(flight.Action("ping", b"")))
                 return True
         else:
+
             def ready() -> bool:
                 return bool((probe_json(self.port, "/health") or {}).get("status") == "healthy")
+
         try:
             wait_until(ready, 60.0, f"{self.kind} baseline", self.proc)
         except BaseException:
@@ -145,8 +162,13 @@ def main(argv: list[str] | None = None) -> None:
         import uvicorn
 
         # The same knobs as control/cli.py; loop/http default to uvloop/httptools.
-        uvicorn.run(noop_app(args.flight), host="127.0.0.1", port=args.port,
-                    log_level=LOG_LEVEL.lower(), access_log=False)
+        uvicorn.run(
+            noop_app(args.flight),
+            host="127.0.0.1",
+            port=args.port,
+            log_level=LOG_LEVEL.lower(),
+            access_log=False,
+        )
 
 
 if __name__ == "__main__":

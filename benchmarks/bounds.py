@@ -58,7 +58,7 @@ BOUNDS: dict[str, str] = {
         "e.g. length-prefixed JSON over a Unix socket (an asyncio round trip measured "
         "85 µs p50 here, against 0.25 ms for a Flight action plus 0.15 ms for the hop), "
         "keeping the Flight actions for Flight-only clients; this needs SPEC §4's "
-        "\"the control plane uses exactly these\" relaxed."
+        '"the control plane uses exactly these" relaxed.'
     ),
     "4 p99": (
         "as for 4 (the same extra hops), plus scheduling noise: with five runnable threads "

@@ -58,8 +58,9 @@ def string_table(rows: int, seed: int = 2) -> pa.Table:
     names = ["a", *(f"s{i}" for i in range(STRING_COLUMNS))]
 
     def make(n: int) -> pa.RecordBatch:
-        return pa.record_batch([pa.array(rng.random(n)), *(strings(n) for _ in names[1:])],
-                               names=names)
+        return pa.record_batch(
+            [pa.array(rng.random(n)), *(strings(n) for _ in names[1:])], names=names
+        )
 
     return pa.Table.from_batches(_batches(rows, make))
 
@@ -69,7 +70,8 @@ def agg_table(rows: int, groups: int, seed: int = 3) -> pa.Table:
     rng = np.random.default_rng(seed)
 
     def make(n: int) -> pa.RecordBatch:
-        return pa.record_batch([pa.array(rng.integers(0, groups, n)), pa.array(rng.random(n))],
-                               names=["k", "v"])
+        return pa.record_batch(
+            [pa.array(rng.integers(0, groups, n)), pa.array(rng.random(n))], names=["k", "v"]
+        )
 
     return pa.Table.from_batches(_batches(rows, make))

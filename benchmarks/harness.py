@@ -42,8 +42,12 @@ def _venv_script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
     """Poll `check` until it holds; fail early if `proc` died."""
     deadline = time.monotonic() + timeout
     while True:
@@ -139,12 +143,20 @@ class Service:
         return f"grpc://127.0.0.1:{self.flight_port}"
 
     def start(self) -> Service:
-        env = {**os.environ, "KERNEL_HTTP_PORT": str(self.http_port),
-               "KERNEL_FLIGHT_PORT": str(self.flight_port), "KERNEL_LOG_LEVEL": LOG_LEVEL}
+        env = {
+            **os.environ,
+            "KERNEL_HTTP_PORT": str(self.http_port),
+            "KERNEL_FLIGHT_PORT": str(self.flight_port),
+            "KERNEL_LOG_LEVEL": LOG_LEVEL,
+        }
         self.proc = subprocess.Popen([_venv_script("kernel-runtime"), "serve"], env=env)
         try:
-            wait_until(lambda: (probe_json(self.http_port, "/health") or {}).get("status")
-                       == "healthy", 90.0, "kernel-runtime serve", self.proc)
+            wait_until(
+                lambda: (probe_json(self.http_port, "/health") or {}).get("status") == "healthy",
+                90.0,
+                "kernel-runtime serve",
+                self.proc,
+            )
         except BaseException:
             self.stop()
             raise
@@ -176,16 +188,29 @@ class Service:
     def kernel_process(self) -> psutil.Process:
         return psutil.Process(int(self.health()["kernel_pid"]))
 
-    def execute(self, code: str, *, node_id: str = "bench", flow_id: int = 1,
-                inputs: dict[str, list[str]] | None = None, output_dir: str = "",
-                client: HttpClient | None = None) -> dict[str, Any]:
+    def execute(
+        self,
+        code: str,
+        *,
+        node_id: str = "bench",
+        flow_id: int = 1,
+        inputs: dict[str, list[str]] | None = None,
+        output_dir: str = "",
+        client: HttpClient | None = None,
+    ) -> dict[str, Any]:
         """POST /execute; fails loudly when the user code failed (a benchmark bug)."""
-        body = {"node_id": node_id, "code": code, "flow_id": flow_id,
-                "input_paths": inputs or {}, "output_dir": output_dir}
+        body = {
+            "node_id": node_id,
+            "code": code,
+            "flow_id": flow_id,
+            "input_paths": inputs or {},
+            "output_dir": output_dir,
+        }
         result: dict[str, Any] = (client or self.http).post("/execute", body)  # type: ignore[union-attr]
         if not result["success"]:
-            raise RuntimeError(f"benchmark code failed in the kernel: {result['error']}\n"
-                               f"{result.get('traceback')}")
+            raise RuntimeError(
+                f"benchmark code failed in the kernel: {result['error']}\n{result.get('traceback')}"
+            )
         return result
 
     def execute_action(self, payload: bytes) -> bytes:
@@ -255,8 +280,9 @@ class Interleaved:
         return [x / y for x, y in zip(self.a, self.b, strict=True) if y]
 
 
-def interleave(reps: int, run_a: Callable[[], float], run_b: Callable[[], float],
-               warmup: int = 1) -> Interleaved:
+def interleave(
+    reps: int, run_a: Callable[[], float], run_b: Callable[[], float], warmup: int = 1
+) -> Interleaved:
     """Run A, B, A, B ... `reps` times each (after `warmup` unrecorded pairs)."""
     out = Interleaved()
     for i in range(warmup + reps):

@@ -48,6 +48,7 @@ def _post(client: httpx.Client, path: str, payload: bytes) -> Callable[[], objec
         resp = client.post(path, content=payload, headers=JSON_HEADERS)
         resp.raise_for_status()
         return resp
+
     return call
 
 
@@ -111,24 +112,48 @@ def latency(env: Env, cfg: Config) -> list[Result]:
     noop50 = Side("no-op FastAPI POST p50", Spread.of(p50["noop"]), "ms")
     noop99 = Side("no-op FastAPI POST p99", Spread.of(p99["noop"]), "ms")
     return [
-        Result("4", "/execute of `x = 1`, p50 / no-op FastAPI POST p50",
-               ratio("http", "noop"), TIMES, "≤", 1.6,
-               Side("/execute p50", Spread.of(p50["http"]), "ms"), noop50, details),
-        Result("4 p99", "/execute of `x = 1`, p99 / no-op FastAPI POST p99",
-               ratio("http", "noop", p99), TIMES, "≤", 2.2,
-               Side("/execute p99", Spread.of(p99["http"]), "ms"), noop99),
-        Result("5", "Flight execute action of `x = 1`, p50 / no-op FastAPI POST p50",
-               ratio("flight", "noop"), TIMES, "≤", 0.5,
-               Side("execute action p50", Spread.of(p50["flight"]), "ms"), noop50),
+        Result(
+            "4",
+            "/execute of `x = 1`, p50 / no-op FastAPI POST p50",
+            ratio("http", "noop"),
+            TIMES,
+            "≤",
+            1.6,
+            Side("/execute p50", Spread.of(p50["http"]), "ms"),
+            noop50,
+            details,
+        ),
+        Result(
+            "4 p99",
+            "/execute of `x = 1`, p99 / no-op FastAPI POST p99",
+            ratio("http", "noop", p99),
+            TIMES,
+            "≤",
+            2.2,
+            Side("/execute p99", Spread.of(p99["http"]), "ms"),
+            noop99,
+        ),
+        Result(
+            "5",
+            "Flight execute action of `x = 1`, p50 / no-op FastAPI POST p50",
+            ratio("flight", "noop"),
+            TIMES,
+            "≤",
+            0.5,
+            Side("execute action p50", Spread.of(p50["flight"]), "ms"),
+            noop50,
+        ),
     ]
 
 
 # -- 6, 6b: two flows at once ------------------------------------------------------------------
 
-AGG = ("import polars as pl\n"
-       "r = (flowfile.read_input().group_by('k')\n"
-       "     .agg(pl.col('v').sum().alias('s'), pl.col('v').mean().alias('m'),\n"
-       "          pl.col('v').std().alias('sd')).collect())")
+AGG = (
+    "import polars as pl\n"
+    "r = (flowfile.read_input().group_by('k')\n"
+    "     .agg(pl.col('v').sum().alias('s'), pl.col('v').mean().alias('m'),\n"
+    "          pl.col('v').std().alias('sd')).collect())"
+)
 
 
 def concurrency(env: Env, cfg: Config) -> list[Result]:
@@ -172,14 +197,22 @@ def concurrency(env: Env, cfg: Config) -> list[Result]:
 
     runs = interleave(cfg.agg_reps, together, serial)
     single = statistics.median(runs.b) / 2 * 1000
-    results = [Result(
-        "6", "two flows each running a polars aggregation at once / one after another",
-        ratio_of(runs), TIMES, "≤", 1.05,
-        Side("both at once", spread_ms(runs.a), "ms"),
-        Side("one after the other", spread_ms(runs.b), "ms"),
-        [f"6: aggregation: group_by of {cfg.agg_rows:,} rows into {cfg.agg_groups:,} groups "
-         f"(sum, mean, std), ≈ {single:,.0f} ms alone, input flight:///tables/agg"],
-    )]
+    results = [
+        Result(
+            "6",
+            "two flows each running a polars aggregation at once / one after another",
+            ratio_of(runs),
+            TIMES,
+            "≤",
+            1.05,
+            Side("both at once", spread_ms(runs.a), "ms"),
+            Side("one after the other", spread_ms(runs.b), "ms"),
+            [
+                f"6: aggregation: group_by of {cfg.agg_rows:,} rows into {cfg.agg_groups:,} groups "
+                f"(sum, mean, std), ≈ {single:,.0f} ms alone, input flight:///tables/agg"
+            ],
+        )
+    ]
     results.append(_latency_under_load(env, cfg, inputs))
     for c in clients:
         c.close()
@@ -228,13 +261,18 @@ def _latency_under_load(env: Env, cfg: Config, inputs: dict[str, list[str]]) -> 
     idle99 = [percentile(b, 99) for b in idle_blocks]
     load50 = statistics.median(percentile(b, 50) for b in load_blocks)
     return Result(
-        "6b", "/execute of `x = 1` in one flow while another runs a core-saturating polars "
-              "aggregation: p99", Spread.of(load99), "ms", "≤", 20.0,
+        "6b",
+        "/execute of `x = 1` in one flow while another runs a core-saturating polars "
+        "aggregation: p99",
+        Spread.of(load99),
+        "ms",
+        "≤",
+        20.0,
         Side("p99 under load", Spread.of(load99), "ms"),
         Side("p99 idle (reference)", Spread.of(idle99), "ms"),
-        [f"6b: {cfg.latency_blocks} blocks of {cfg.latency_requests} requests under load, "
-         f"interleaved with idle blocks; p50 under load {load50:.2f} ms; "
-         f"{busy_runs[0]} aggregations ran meanwhile"],
+        [
+            f"6b: {cfg.latency_blocks} blocks of {cfg.latency_requests} requests under load, "
+            f"interleaved with idle blocks; p50 under load {load50:.2f} ms; "
+            f"{busy_runs[0]} aggregations ran meanwhile"
+        ],
     )
-
-

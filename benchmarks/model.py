@@ -30,35 +30,69 @@ class Config:
     """Sizes and repetitions of one run."""
 
     name: str
-    table_bytes: int          # goals 1, 2, 7, 7b
-    passthrough_rows: int     # goal 3
-    transfer_reps: int        # goals 1, 2
-    passthrough_reps: int     # goal 3
-    latency_blocks: int       # goals 4, 5, 6b: blocks per variant
-    latency_requests: int     # requests per block
-    agg_rows: int             # goals 6, 6b
+    table_bytes: int  # goals 1, 2, 7, 7b
+    passthrough_rows: int  # goal 3
+    transfer_reps: int  # goals 1, 2
+    passthrough_reps: int  # goal 3
+    latency_blocks: int  # goals 4, 5, 6b: blocks per variant
+    latency_requests: int  # requests per block
+    agg_rows: int  # goals 6, 6b
     agg_groups: int
     agg_reps: int
-    memory_reps: int          # goals 7, 7b
-    artifact_bytes: int       # goal 8
+    memory_reps: int  # goals 7, 7b
+    artifact_bytes: int  # goal 8
     artifact_reps: int
-    executions: int           # goal 9 (RSS compared with that after 100)
+    executions: int  # goal 9 (RSS compared with that after 100)
 
 
-FULL = Config("full", table_bytes=GiB, passthrough_rows=10_000_000, transfer_reps=9,
-              passthrough_reps=5,
-              latency_blocks=7, latency_requests=400, agg_rows=10_000_000,
-              agg_groups=1_000_000, agg_reps=5, memory_reps=3, artifact_bytes=100 * MiB,
-              artifact_reps=31, executions=10_000)
-QUICK = Config("quick", table_bytes=128 * MiB, passthrough_rows=1_000_000, transfer_reps=7,
-               passthrough_reps=3,
-               latency_blocks=4, latency_requests=200, agg_rows=2_000_000,
-               agg_groups=200_000, agg_reps=3, memory_reps=2, artifact_bytes=100 * MiB,
-               artifact_reps=11, executions=2_000)
-TINY = Config("tiny", table_bytes=256 * 1024, passthrough_rows=4_000, transfer_reps=1,
-              passthrough_reps=1,
-              latency_blocks=1, latency_requests=20, agg_rows=4_000, agg_groups=100,
-              agg_reps=1, memory_reps=1, artifact_bytes=MiB, artifact_reps=2, executions=150)
+FULL = Config(
+    "full",
+    table_bytes=GiB,
+    passthrough_rows=10_000_000,
+    transfer_reps=9,
+    passthrough_reps=5,
+    latency_blocks=7,
+    latency_requests=400,
+    agg_rows=10_000_000,
+    agg_groups=1_000_000,
+    agg_reps=5,
+    memory_reps=3,
+    artifact_bytes=100 * MiB,
+    artifact_reps=31,
+    executions=10_000,
+)
+QUICK = Config(
+    "quick",
+    table_bytes=128 * MiB,
+    passthrough_rows=1_000_000,
+    transfer_reps=7,
+    passthrough_reps=3,
+    latency_blocks=4,
+    latency_requests=200,
+    agg_rows=2_000_000,
+    agg_groups=200_000,
+    agg_reps=3,
+    memory_reps=2,
+    artifact_bytes=100 * MiB,
+    artifact_reps=11,
+    executions=2_000,
+)
+TINY = Config(
+    "tiny",
+    table_bytes=256 * 1024,
+    passthrough_rows=4_000,
+    transfer_reps=1,
+    passthrough_reps=1,
+    latency_blocks=1,
+    latency_requests=20,
+    agg_rows=4_000,
+    agg_groups=100,
+    agg_reps=1,
+    memory_reps=1,
+    artifact_bytes=MiB,
+    artifact_reps=2,
+    executions=150,
+)
 CONFIGS = {c.name: c for c in (FULL, QUICK, TINY)}
 
 
@@ -77,9 +111,9 @@ class Result:
 
     key: str
     title: str
-    value: Spread             # the figure: a ratio, or an absolute for 6b/7/7b/8/9
-    unit: str                 # TIMES, "ms", "%", "MB"
-    goal_op: str              # "≥", "≤", "<"
+    value: Spread  # the figure: a ratio, or an absolute for 6b/7/7b/8/9
+    unit: str  # TIMES, "ms", "%", "MB"
+    goal_op: str  # "≥", "≤", "<"
     goal: float
     service: Side | None = None
     baseline: Side | None = None
@@ -110,8 +144,9 @@ def ratio_of(pairs: Interleaved, invert: bool = False) -> Spread:
     a, b = statistics.median(pairs.a), statistics.median(pairs.b)
     per_pair = pairs.ratios()
     if invert:
-        return Spread(b / a, min(1 / r for r in per_pair), max(1 / r for r in per_pair),
-                      len(per_pair))
+        return Spread(
+            b / a, min(1 / r for r in per_pair), max(1 / r for r in per_pair), len(per_pair)
+        )
     return Spread(a / b, min(per_pair), max(per_pair), len(per_pair))
 
 
@@ -121,5 +156,3 @@ def gb_s(nbytes: int, seconds: list[float]) -> Spread:
 
 def kernel_gc(svc: Service) -> None:
     svc.execute("import gc\ngc.collect()", node_id="gc", flow_id=99)
-
-

@@ -52,11 +52,15 @@ class RunInfo:
     @staticmethod
     def revision() -> str:
         try:
-            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True, check=True).stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--", "flight_kernel",
-                                    "control"], capture_output=True, text=True,
-                                   check=True).stdout.strip()
+            sha = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--", "flight_kernel", "control"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return "unknown"
         return f"{sha}{' with uncommitted changes to flight_kernel/ or control/' if dirty else ''}"
@@ -88,13 +92,17 @@ def _side(side: Side | None) -> str:
 
 def table(results: list[Result]) -> str:
     """The results table (also what the README shows)."""
-    lines = ["| # | figure | service | baseline | result | goal | holds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| # | figure | service | baseline | result | goal | holds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         sep = "" if r.unit in BARE_UNITS else " "
         goal = f"{r.goal_op} {r.goal:g}{sep}{r.unit}"
-        lines.append(f"| {r.key} | {r.title} | {_side(r.service)} | {_side(r.baseline)} | "
-                     f"**{fmt(r.value, r.unit)}** | {goal} | {'yes' if r.holds else '**no**'} |")
+        lines.append(
+            f"| {r.key} | {r.title} | {_side(r.service)} | {_side(r.baseline)} | "
+            f"**{fmt(r.value, r.unit)}** | {goal} | {'yes' if r.holds else '**no**'} |"
+        )
     return "\n".join(lines)
 
 
@@ -131,8 +139,9 @@ def markdown(results: list[Result], info: RunInfo, chart: str | None) -> str:
         out += ["", "## What bounds it", ""]
         for r in failing:
             note = BOUNDS.get(r.key) or BOUNDS.get(r.key.split()[0], "not analysed yet.")
-            out.append(f"* **{r.key}** ({fmt(r.value, r.unit)}, goal {r.goal_op} "
-                       f"{r.goal:g}): {note}")
+            out.append(
+                f"* **{r.key}** ({fmt(r.value, r.unit)}, goal {r.goal_op} {r.goal:g}): {note}"
+            )
     if chart:
         out += ["", f"![ratios against goals]({chart})"]
     return "\n".join(out) + "\n"
@@ -166,19 +175,32 @@ def chart(results: list[Result], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
     colors = ["#3a9d5d" if r.holds else "#d1495b" for r in rows]
     ys = range(len(rows))
-    ax.barh(ys, [m - FLOOR for m in mids], left=FLOOR, color=colors, height=0.6,
-            # a ratio of medians may lie outside the range of the per-pair ratios
-            xerr=[[max(0.0, m - lo) for m, lo in zip(mids, los, strict=True)],
-                  [max(0.0, hi - m) for m, hi in zip(mids, his, strict=True)]],
-            error_kw={"ecolor": "#333", "capsize": 3, "lw": 1})
+    ax.barh(
+        ys,
+        [m - FLOOR for m in mids],
+        left=FLOOR,
+        color=colors,
+        height=0.6,
+        # a ratio of medians may lie outside the range of the per-pair ratios
+        xerr=[
+            [max(0.0, m - lo) for m, lo in zip(mids, los, strict=True)],
+            [max(0.0, hi - m) for m, hi in zip(mids, his, strict=True)],
+        ],
+        error_kw={"ecolor": "#333", "capsize": 3, "lw": 1},
+    )
     ax.axvline(1.0, color="black", ls="--", lw=1)
     ax.set_xscale("log")
     ax.set_xlim(FLOOR, max(3.0, *his) * 1.5)
-    labels = [f"{r.key}: {fmt(r.value, r.unit).split(' [')[0]} (goal {r.goal_op} "
-              f"{r.goal:g}{'' if r.unit in BARE_UNITS else ' '}{r.unit})" for r in rows]
+    labels = [
+        f"{r.key}: {fmt(r.value, r.unit).split(' [')[0]} (goal {r.goal_op} "
+        f"{r.goal:g}{'' if r.unit in BARE_UNITS else ' '}{r.unit})"
+        for r in rows
+    ]
     ax.set_yticks(list(ys), labels, fontsize=8)
-    ax.set_xlabel("figure relative to its goal (≤ 1 holds; log scale, clipped at 0.001; "
-                  f"bars: median, whiskers: min{DASH}max)")
+    ax.set_xlabel(
+        "figure relative to its goal (≤ 1 holds; log scale, clipped at 0.001; "
+        f"bars: median, whiskers: min{DASH}max)"
+    )
     ax.set_title("kernel runtime benchmarks: each figure against its goal")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -207,15 +229,17 @@ def update_readme(readme: Path, results: list[Result], info: RunInfo) -> bool:
     if start < 0 or end < start:
         return False
     held = sum(r.holds for r in results)
-    block = "\n".join([
-        README_START,
-        f"{held} of {len(results)} goals hold ({info.started:%Y-%m-%d}, {info.machine()}; "
-        f"{info.versions()}).",
-        "",
-        table(results),
-        "",
-        "",
-    ])
+    block = "\n".join(
+        [
+            README_START,
+            f"{held} of {len(results)} goals hold ({info.started:%Y-%m-%d}, {info.machine()}; "
+            f"{info.versions()}).",
+            "",
+            table(results),
+            "",
+            "",
+        ]
+    )
     readme.write_text(text[:start] + block + text[end:])
     return True
 

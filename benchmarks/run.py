@@ -18,9 +18,14 @@ RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
 
 
-def run(config: str = "full", only: list[str] | None = None, out_dir: Path = RESULTS,
-        name: str | None = None, command: str = "python -m benchmarks",
-        readme: Path | None = None) -> list[Result]:
+def run(
+    config: str = "full",
+    only: list[str] | None = None,
+    out_dir: Path = RESULTS,
+    name: str | None = None,
+    command: str = "python -m benchmarks",
+    readme: Path | None = None,
+) -> list[Result]:
     """Run the figures (all, or `only` those groups) and write `<name>.md` / `.png`."""
     cfg = CONFIGS[config]
     groups = only or list(FIGURES)
@@ -31,19 +36,28 @@ def run(config: str = "full", only: list[str] | None = None, out_dir: Path = RES
     t0 = time.perf_counter()
     results: list[Result] = []
     print(f"benchmarks ({cfg.name}): starting the service and the baselines", flush=True)
-    with Service() as svc, Baseline("flight") as bare, \
-            Baseline("http", f"grpc://127.0.0.1:{bare.port}") as noop, \
-            flight.connect(f"grpc://127.0.0.1:{bare.port}") as bare_client:
+    with (
+        Service() as svc,
+        Baseline("flight") as bare,
+        Baseline("http", f"grpc://127.0.0.1:{bare.port}") as noop,
+        flight.connect(f"grpc://127.0.0.1:{bare.port}") as bare_client,
+    ):
         env = Env(svc, bare_client, noop.port, log=lambda m: print(m, flush=True))
-        print(f"  service http :{svc.http_port} flight :{svc.flight_port}; bare Flight "
-              f":{bare.port}; no-op FastAPI :{noop.port}", flush=True)
+        print(
+            f"  service http :{svc.http_port} flight :{svc.flight_port}; bare Flight "
+            f":{bare.port}; no-op FastAPI :{noop.port}",
+            flush=True,
+        )
         for group in groups:
             g0 = time.perf_counter()
             print(f"- {group}", flush=True)
             found = FIGURES[group](env, cfg)
             for r in found:
-                print(f"  {r.key}: {report.fmt(r.value, r.unit)} (goal {r.goal_op} {r.goal:g}) "
-                      f"{'holds' if r.holds else 'DOES NOT HOLD'}", flush=True)
+                print(
+                    f"  {r.key}: {report.fmt(r.value, r.unit)} (goal {r.goal_op} {r.goal:g}) "
+                    f"{'holds' if r.holds else 'DOES NOT HOLD'}",
+                    flush=True,
+                )
             print(f"  ({time.perf_counter() - g0:.1f} s)", flush=True)
             results.extend(found)
     results.sort(key=lambda r: ORDER.index(r.key) if r.key in ORDER else len(ORDER))
@@ -61,16 +75,27 @@ def run(config: str = "full", only: list[str] | None = None, out_dir: Path = RES
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
-                      help="smaller sizes, fewer repetitions (under 2 minutes); writes quick.md")
-    size.add_argument("--tiny", action="store_true",
-                      help="a few thousand rows, one repetition (the CI smoke test)")
+    size.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes, fewer repetitions (under 2 minutes); writes quick.md",
+    )
+    size.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a few thousand rows, one repetition (the CI smoke test)",
+    )
     parser.add_argument("--only", help=f"comma-separated groups of: {', '.join(FIGURES)}")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    parser.add_argument("--name", help="report file name without suffix (default: latest "
-                                       "for a full run, else quick / tiny)")
-    parser.add_argument("--readme", action="store_true",
-                        help="also put the table in README.md's Performance section")
+    parser.add_argument(
+        "--name",
+        help="report file name without suffix (default: latest for a full run, else quick / tiny)",
+    )
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="also put the table in README.md's Performance section",
+    )
     args = parser.parse_args(argv)
     config = "quick" if args.quick else "tiny" if args.tiny else "full"
     only = [g.strip() for g in args.only.split(",")] if args.only else None

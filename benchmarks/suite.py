@@ -16,13 +16,13 @@ from benchmarks.throughput import passthrough, transfer
 __all__ = ["CONFIGS", "FIGURES", "ORDER", "TIMES", "Config", "Env", "Result"]
 
 FIGURES: dict[str, Callable[[Env, Config], list[Result]]] = {
-    "leak": leak,                # 9: first, on a fresh kernel, before big tables come and go
-    "transfer": transfer,        # 1, 2
+    "leak": leak,  # 9: first, on a fresh kernel, before big tables come and go
+    "transfer": transfer,  # 1, 2
     "passthrough": passthrough,  # 3
-    "latency": latency,          # 4, 5
+    "latency": latency,  # 4, 5
     "concurrency": concurrency,  # 6, 6b
-    "memory": memory,            # 7, 7b
-    "artifact": artifact,        # 8
+    "memory": memory,  # 7, 7b
+    "artifact": artifact,  # 8
 }
 
 ORDER = ["1", "2", "3", "4", "4 p99", "5", "6", "6b", "7", "7b", "8", "9"]

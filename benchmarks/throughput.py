@@ -33,12 +33,16 @@ def transfer(env: Env, cfg: Config) -> list[Result]:
     assert svc.flight is not None
     table = data.numeric_table(data.numeric_rows_for(cfg.table_bytes))
     nbytes = table.nbytes
-    env.log(f"  table: {table.num_rows:,} rows x {table.num_columns} float64 "
-            f"= {size_text(nbytes)} in {len(table.to_batches())} batches")
+    env.log(
+        f"  table: {table.num_rows:,} rows x {table.num_columns} float64 "
+        f"= {size_text(nbytes)} in {len(table.to_batches())} batches"
+    )
 
-    put = interleave(cfg.transfer_reps,
-                     lambda: timed(lambda: flight_put(svc.flight, ["tables", "bench"], table)),
-                     lambda: timed(lambda: flight_put(env.bare, ["tables", "bench"], table)))
+    put = interleave(
+        cfg.transfer_reps,
+        lambda: timed(lambda: flight_put(svc.flight, ["tables", "bench"], table)),
+        lambda: timed(lambda: flight_put(env.bare, ["tables", "bench"], table)),
+    )
 
     def get(client: flight.FlightClient) -> float:
         t0 = time.perf_counter()
@@ -51,14 +55,26 @@ def transfer(env: Env, cfg: Config) -> list[Result]:
     list(env.bare.do_action(flight.Action("clear", b"")))
     size = size_text(nbytes)
     return [
-        Result("1", f"do_get of a stored {size} numeric table / bare Flight do_get",
-               ratio_of(got, invert=True), TIMES, "≥", 0.9,
-               Side("service do_get", gb_s(nbytes, got.a), "GB/s"),
-               Side("bare Flight do_get", gb_s(nbytes, got.b), "GB/s")),
-        Result("2", "do_put of the same / bare Flight do_put",
-               ratio_of(put, invert=True), TIMES, "≥", 0.9,
-               Side("service do_put", gb_s(nbytes, put.a), "GB/s"),
-               Side("bare Flight do_put", gb_s(nbytes, put.b), "GB/s")),
+        Result(
+            "1",
+            f"do_get of a stored {size} numeric table / bare Flight do_get",
+            ratio_of(got, invert=True),
+            TIMES,
+            "≥",
+            0.9,
+            Side("service do_get", gb_s(nbytes, got.a), "GB/s"),
+            Side("bare Flight do_get", gb_s(nbytes, got.b), "GB/s"),
+        ),
+        Result(
+            "2",
+            "do_put of the same / bare Flight do_put",
+            ratio_of(put, invert=True),
+            TIMES,
+            "≥",
+            0.9,
+            Side("service do_put", gb_s(nbytes, put.a), "GB/s"),
+            Side("bare Flight do_put", gb_s(nbytes, put.b), "GB/s"),
+        ),
     ]
 
 
@@ -100,8 +116,9 @@ def passthrough(env: Env, cfg: Config) -> list[Result]:
 
         def via_parquet() -> float:
             t0 = time.perf_counter()
-            res = svc.execute(PASS_THROUGH, node_id="pt_parquet", inputs={"main": [src]},
-                              output_dir=out_dir)
+            res = svc.execute(
+                PASS_THROUGH, node_id="pt_parquet", inputs={"main": [src]}, output_dir=out_dir
+            )
             t1 = time.perf_counter()
             got = pq.read_table(str(res["output_paths"][0]))
             t2 = time.perf_counter()
@@ -119,16 +136,23 @@ def passthrough(env: Env, cfg: Config) -> list[Result]:
         return f"execute {ex:,.0f} ms + read the output {rd:,.0f} ms"
 
     again = statistics.median(sum(p) for p in parts["again"][1:] or parts["again"])
-    return [Result(
-        "3", f"pass-through node, {rows / 1e6:g}M rows x 8 float64: parquet in/out time "
-             "/ Flight in/out time", ratio_of(runs, invert=True), TIMES, "≥", 4.0,
-        Side("Flight in/out", spread_ms(runs.a), "ms"),
-        Side("parquet in/out", spread_ms(runs.b), "ms"),
-        [f"3: code `{PASS_THROUGH}`; medians: Flight {split('flight')}; parquet "
-         f"{split('parquet')}. Flight input uploaded by do_put before each repetition "
-         "(untimed), so the execution is its first read; the same node on an input it has "
-         f"read before: {split('again')} "
-         f"({statistics.median(runs.b) / again:.1f}{TIMES} faster than parquet)"],
-    )]
-
-
+    return [
+        Result(
+            "3",
+            f"pass-through node, {rows / 1e6:g}M rows x 8 float64: parquet in/out time "
+            "/ Flight in/out time",
+            ratio_of(runs, invert=True),
+            TIMES,
+            "≥",
+            4.0,
+            Side("Flight in/out", spread_ms(runs.a), "ms"),
+            Side("parquet in/out", spread_ms(runs.b), "ms"),
+            [
+                f"3: code `{PASS_THROUGH}`; medians: Flight {split('flight')}; parquet "
+                f"{split('parquet')}. Flight input uploaded by do_put before each repetition "
+                "(untimed), so the execution is its first read; the same node on an input it has "
+                f"read before: {split('again')} "
+                f"({statistics.median(runs.b) / again:.1f}{TIMES} faster than parquet)"
+            ],
+        )
+    ]

@@ -59,8 +59,9 @@ async def _kernel_error(request: Request, exc: Exception) -> JSONResponse:
     detail: Any = exc.message
     if status == 422:  # the shape of FastAPI's own 422s, so one schema documents both
         detail = [{"type": exc.kind, "loc": ["body"], "msg": exc.message}]
-    return JSONResponse({"detail": detail, "error_kind": exc.kind}, status_code=status,
-                        headers=headers)
+    return JSONResponse(
+        {"detail": detail, "error_kind": exc.kind}, status_code=status, headers=headers
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -75,9 +76,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """A body FastAPI cannot even parse (not UTF-8, nested too deep) is malformed: 422, not 400."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError | RecursionError):
-        return await _validation_error(request, RequestValidationError([{
-            "type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {},
-            "ctx": {"error": str(exc.__cause__)}}]))
+        return await _validation_error(
+            request,
+            RequestValidationError(
+                [
+                    {
+                        "type": "json_invalid",
+                        "loc": ("body",),
+                        "msg": "JSON decode error",
+                        "input": {},
+                        "ctx": {"error": str(exc.__cause__)},
+                    }
+                ]
+            ),
+        )
     return await http_exception_handler(request, exc)
 
 
@@ -96,9 +108,13 @@ def create_app(settings: Settings | None = None, kernel: KernelHandle | None = N
         finally:
             await run_in_threadpool(handle.stop)
 
-    app = FastAPI(title="Kernel runtime", version=__version__, lifespan=lifespan,
-                  description="Runs Python code for data-pipeline tools. Data moves over "
-                              "Arrow Flight; this is the control plane.")
+    app = FastAPI(
+        title="Kernel runtime",
+        version=__version__,
+        lifespan=lifespan,
+        description="Runs Python code for data-pipeline tools. Data moves over "
+        "Arrow Flight; this is the control plane.",
+    )
     app.state.settings = settings
     app.state.kernel = handle
     app.add_exception_handler(KernelError, _kernel_error)

@@ -25,16 +25,22 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     overrides = {"host": args.host, "http_port": args.port, "flight_port": args.flight_port}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v})
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s control %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s control %(levelname)s %(name)s: %(message)s"
+    )
     # uvicorn handles SIGTERM/SIGINT gracefully while it runs, then re-raises the signal
     # under the handler found before it started: make that one a no-op, so a clean
     # shutdown exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.http_port,
-                log_level=settings.log_level.lower(), access_log=False,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,15 @@ from flight_kernel.errors import (
 )
 
 _KINDS: dict[str, type[KernelError]] = {
-    cls.kind: cls for cls in (NotFound, InvalidRequest, Conflict, Unauthenticated,
-                              KernelUnavailable, SerializationFailed)
+    cls.kind: cls
+    for cls in (
+        NotFound,
+        InvalidRequest,
+        Conflict,
+        Unauthenticated,
+        KernelUnavailable,
+        SerializationFailed,
+    )
 }
 
 
@@ -44,8 +51,9 @@ class KernelConnection:
         self._client = flight.connect(location)
         self._options = call_options(token)
 
-    def call(self, action: str, body: dict[str, Any] | None = None,
-             timeout: float | None = None) -> bytes:
+    def call(
+        self, action: str, body: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> bytes:
         """Run an action; return its raw JSON result."""
         payload = json.dumps(body or {}).encode()
         options = self._options if timeout is None else call_options(self._token, timeout)
@@ -64,8 +72,9 @@ class KernelConnection:
             raise TransportError(clean_message(str(exc))) from exc
         return results[0].body.to_pybytes() if results else b"null"
 
-    def call_json(self, action: str, body: dict[str, Any] | None = None,
-                  timeout: float | None = None) -> Any:
+    def call_json(
+        self, action: str, body: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
         return json.loads(self.call(action, body, timeout))
 
     def close(self) -> None:

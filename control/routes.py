@@ -59,21 +59,33 @@ open_router = APIRouter()
 router = APIRouter()  # create_app adds `require_token` when a token is set
 
 
-@open_router.get("/health", response_model=HealthResponse,
-                 responses={503: {"description": "the kernel is (re)starting"}})
+@open_router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={503: {"description": "the kernel is (re)starting"}},
+)
 async def health(kernel: Kernel) -> Response:
     """Service health; 503 with status 'starting' while the kernel (re)starts."""
     status = kernel.status()
     extra = {"restarts": status["restarts"], "supervisor_pid": os.getpid()}
     if status["state"] == "healthy":
         try:
-            body: dict[str, Any] = json.loads(await run_in_threadpool(
-                functools.partial(kernel.call, "health", wait=False)))
+            body: dict[str, Any] = json.loads(
+                await run_in_threadpool(functools.partial(kernel.call, "health", wait=False))
+            )
             return JSONResponse({**body, **extra, "kernel_pid": body.get("kernel_pid")})
         except KernelUnavailable:
             pass
-    return JSONResponse({"status": "starting", "version": __version__, "artifact_count": None,
-                         **extra, "kernel_pid": status["kernel_pid"]}, status_code=503)
+    return JSONResponse(
+        {
+            "status": "starting",
+            "version": __version__,
+            "artifact_count": None,
+            **extra,
+            "kernel_pid": status["kernel_pid"],
+        },
+        status_code=503,
+    )
 
 
 @router.post("/execute", response_model=ExecuteResponse)

@@ -16,12 +16,17 @@ class ExecuteRequest(BaseModel):
     node_id: NodeId = Field(description="the node this code belongs to (string or int)")
     code: StrictStr = Field(description="Python source")
     input_paths: dict[StrictStr, list[StrictStr]] = Field(
-        default_factory=dict, description="input name -> file paths or flight:// URIs")
+        default_factory=dict, description="input name -> file paths or flight:// URIs"
+    )
     output_dir: StrictStr = Field("", description="parquet output directory; empty -> Flight")
     flow_id: StrictInt = Field(0, description="isolation key for artifacts")
-    timeout_s: float | None = Field(None, gt=0, le=threading.TIMEOUT_MAX,  # a timer's max wait
-                                    strict=True,  # no `true`, no "1"
-                                    description="wall-clock limit in seconds")
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=threading.TIMEOUT_MAX,  # a timer's max wait
+        strict=True,  # no `true`, no "1"
+        description="wall-clock limit in seconds",
+    )
 
 
 class LogRecord(BaseModel):

@@ -29,8 +29,11 @@ from flight_kernel.settings import Settings
 logger = logging.getLogger(__name__)
 
 LOST_STATE = ["tables", "outputs", "artifacts"]
-_SIGNAL_HINTS: dict[int, str] = {signal.SIGKILL: " (likely out of memory)",
-                 signal.SIGSEGV: " (segmentation fault)", signal.SIGABRT: " (aborted)"}
+_SIGNAL_HINTS: dict[int, str] = {
+    signal.SIGKILL: " (likely out of memory)",
+    signal.SIGSEGV: " (segmentation fault)",
+    signal.SIGABRT: " (aborted)",
+}
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,7 @@ class KernelHandle:
     def _kill(self, generation: int, reason: str) -> None:
         """End an unresponsive kernel (only a supervisor can)."""
 
-    def call(self, action: str, body: dict[str, Any] | None = None, *,
-             wait: bool = True) -> bytes:
+    def call(self, action: str, body: dict[str, Any] | None = None, *, wait: bool = True) -> bytes:
         """Forward one action; without `wait`, a kernel that is not up is refused at once."""
         _, conn = self._connection(wait)
         try:
@@ -101,9 +103,12 @@ class KernelHandle:
         try:
             return conn.call("execute", body, timeout=limit)
         except flight.FlightTimedOutError:
-            self._kill(generation, f"Timeout: execution exceeded timeout_s={timeout:g} and "
-                                   f"ignored the interrupt for {self.settings.interrupt_grace_s:g}"
-                                   " s, so the kernel was restarted")
+            self._kill(
+                generation,
+                f"Timeout: execution exceeded timeout_s={timeout:g} and "
+                f"ignored the interrupt for {self.settings.interrupt_grace_s:g}"
+                " s, so the kernel was restarted",
+            )
             return self._lost(generation, started, body)
         except TransportError as exc:
             if retry and "failed to connect" in str(exc):  # it never reached a kernel
@@ -115,8 +120,9 @@ class KernelHandle:
         raw = conn.call("interrupt", body)
         ids = {r["execution_id"] for r in json.loads(raw)["interrupted"]}
         if ids:
-            timer = threading.Timer(self.settings.interrupt_grace_s, self._escalate,
-                                    (generation, conn, ids))
+            timer = threading.Timer(
+                self.settings.interrupt_grace_s, self._escalate, (generation, conn, ids)
+            )
             timer.daemon = True
             timer.start()
         return raw
@@ -127,9 +133,12 @@ class KernelHandle:
         except Exception:  # gone already, or wedged: the kill below is right either way
             running = [{"execution_id": i} for i in ids]
         if ids & {r["execution_id"] for r in running}:
-            self._kill(generation, "Interrupted: the execution ignored the interrupt for "
-                                   f"{self.settings.interrupt_grace_s:g} s, so the kernel "
-                                   "was restarted")
+            self._kill(
+                generation,
+                "Interrupted: the execution ignored the interrupt for "
+                f"{self.settings.interrupt_grace_s:g} s, so the kernel "
+                "was restarted",
+            )
 
 
 class AttachedKernel(KernelHandle):
@@ -190,8 +199,9 @@ class KernelSupervisor(KernelHandle):
     def start(self) -> None:
         """Start the kernel and its monitor; raise if the first start fails."""
         failure: list[BaseException] = []
-        self._monitor = threading.Thread(target=self._watch, args=(failure,),
-                                         name="kernel-monitor", daemon=True)
+        self._monitor = threading.Thread(
+            target=self._watch, args=(failure,), name="kernel-monitor", daemon=True
+        )
         self._monitor.start()
         with self._cond:
             self._cond.wait_for(lambda: self._ready or bool(failure))
@@ -201,16 +211,19 @@ class KernelSupervisor(KernelHandle):
     def _spawn(self) -> None:
         location = f"grpc://{self.settings.connect_host}:{self.settings.flight_port}"
         env = {**os.environ, **self.settings.to_env()}
-        proc = subprocess.Popen([sys.executable, "-m", "flight_kernel"], env=env,
-                                preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flight_kernel"], env=env, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + self.settings.start_timeout_s
         conn = KernelConnection(location, self.settings.auth_token)
         while True:
             code = proc.poll()
             if code is not None:
                 conn.close()
-                raise RuntimeError(f"the kernel process exited with code {code} while starting "
-                                   f"(is Flight port {self.settings.flight_port} free?)")
+                raise RuntimeError(
+                    f"the kernel process exited with code {code} while starting "
+                    f"(is Flight port {self.settings.flight_port} free?)"
+                )
             try:
                 conn.call("health", timeout=1.0)
                 break
@@ -218,8 +231,10 @@ class KernelSupervisor(KernelHandle):
                 if time.monotonic() > deadline:
                     proc.kill()
                     conn.close()
-                    raise RuntimeError(f"the kernel did not answer on {location} within "
-                                       f"{self.settings.start_timeout_s:g} s") from None
+                    raise RuntimeError(
+                        f"the kernel did not answer on {location} within "
+                        f"{self.settings.start_timeout_s:g} s"
+                    ) from None
                 time.sleep(0.05)
         with self._cond:
             old = self._conn
@@ -229,8 +244,9 @@ class KernelSupervisor(KernelHandle):
             self._cond.notify_all()
         if old is not None:
             old.close()
-        logger.info("kernel ready (pid %s, generation %s) on %s", proc.pid, self._generation,
-                    location)
+        logger.info(
+            "kernel ready (pid %s, generation %s) on %s", proc.pid, self._generation, location
+        )
 
     def _watch(self, failure: list[BaseException]) -> None:
         # Every spawn happens in this long-lived thread: the kernel's "die with parent"
@@ -256,8 +272,9 @@ class KernelSupervisor(KernelHandle):
                 self._ready = False
                 self._restarts += 1
                 self._cond.notify_all()
-            logger.warning("kernel (pid %s) %s; restarting it", proc.pid,
-                           death.reason or death.describe())
+            logger.warning(
+                "kernel (pid %s) %s; restarting it", proc.pid, death.reason or death.describe()
+            )
             while not self._stopping:
                 try:
                     self._spawn()
@@ -289,8 +306,10 @@ class KernelSupervisor(KernelHandle):
         deadline = time.monotonic() + (self.settings.start_timeout_s if wait else 0.0)
         with self._cond:
             while True:
-                ok = self._cond.wait_for(lambda: self._ready or self._stopping,
-                                         timeout=max(0.0, deadline - time.monotonic()))
+                ok = self._cond.wait_for(
+                    lambda: self._ready or self._stopping,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
                 if not ok or self._stopping or self._conn is None or self._proc is None:
                     raise KernelUnavailable("the kernel is (re)starting; try again shortly")
                 if _alive(self._proc):
@@ -299,9 +318,12 @@ class KernelSupervisor(KernelHandle):
                     raise KernelUnavailable("the kernel is restarting")
                 # Dead, and the monitor has not noticed yet: a request sent now would be
                 # reported as killed by code it never ran. Wait for the next kernel instead.
-                self._cond.wait_for(lambda g=self._generation: (  # type: ignore[misc]
-                    self._generation != g or self._stopping),
-                    timeout=max(0.0, deadline - time.monotonic()))
+                self._cond.wait_for(
+                    lambda g=self._generation: (  # type: ignore[misc]
+                        self._generation != g or self._stopping
+                    ),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
 
     def _kill(self, generation: int, reason: str) -> None:
         with self._cond:
@@ -322,19 +344,33 @@ class KernelSupervisor(KernelHandle):
             raise KernelUnavailable("the kernel stopped answering during the execution")
         error = death.reason or (
             f"KernelDied: the kernel process {death.describe()} during this execution; it was "
-            "restarted and its in-memory state (tables, outputs, artifacts) is lost")
-        return json.dumps({
-            "success": False, "flow_id": body.get("flow_id", 0), "node_id": body.get("node_id"),
-            "output_paths": [], "published_artifacts": [], "deleted_artifacts": [],
-            "stdout": "", "stderr": "", "error": error,
-            "error_kind": _kind_of(error), "traceback": None, "logs": [],
-            "execution_time_ms": round((time.perf_counter() - started) * 1000, 3),
-            "kernel_restarted": True, "lost_state": LOST_STATE,
-            "exit_code": death.returncode,
-        }).encode()
+            "restarted and its in-memory state (tables, outputs, artifacts) is lost"
+        )
+        return json.dumps(
+            {
+                "success": False,
+                "flow_id": body.get("flow_id", 0),
+                "node_id": body.get("node_id"),
+                "output_paths": [],
+                "published_artifacts": [],
+                "deleted_artifacts": [],
+                "stdout": "",
+                "stderr": "",
+                "error": error,
+                "error_kind": _kind_of(error),
+                "traceback": None,
+                "logs": [],
+                "execution_time_ms": round((time.perf_counter() - started) * 1000, 3),
+                "kernel_restarted": True,
+                "lost_state": LOST_STATE,
+                "exit_code": death.returncode,
+            }
+        ).encode()
 
     def status(self) -> dict[str, Any]:
         with self._cond:
-            return {"state": "healthy" if self._ready else "starting",
-                    "restarts": self._restarts,
-                    "kernel_pid": self._proc.pid if self._proc is not None else None}
+            return {
+                "state": "healthy" if self._ready else "starting",
+                "restarts": self._restarts,
+                "kernel_pid": self._proc.pid if self._proc is not None else None,
+            }

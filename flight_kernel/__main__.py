@@ -16,8 +16,9 @@ logger = logging.getLogger("flight_kernel")
 
 def main() -> None:
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s kernel %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s kernel %(levelname)s %(name)s: %(message)s"
+    )
     install_capture()
     server = KernelFlightServer(settings)
 

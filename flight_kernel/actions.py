@@ -47,8 +47,10 @@ class Actions:
             "execute": (self.execute, "run code: the /execute body and response"),
             "list_artifacts": (self.list_artifacts, "artifact records: {flow_id?, node_id?}"),
             "clear": (self.clear, "drop everything, or one flow's: {flow_id?}"),
-            "clear_node_artifacts": (self.clear_node_artifacts,
-                                     "drop nodes' artifacts: {node_ids, flow_id?}"),
+            "clear_node_artifacts": (
+                self.clear_node_artifacts,
+                "drop nodes' artifacts: {node_ids, flow_id?}",
+            ),
             "interrupt": (self.interrupt, "interrupt executions: {flow_id?, node_id?}"),
             "health": (self.health, "status, version, counts, pid"),
             "delete": (self.delete, "remove one Flight path: {path}"),
@@ -85,15 +87,22 @@ class Actions:
         if not isinstance(node_ids, list) or not all(
             isinstance(n, str | int) and not isinstance(n, bool) for n in node_ids
         ):
-            raise InvalidRequest("field 'node_ids' is required and must be a list of "
-                                 "strings or integers")
+            raise InvalidRequest(
+                "field 'node_ids' is required and must be a list of strings or integers"
+            )
         gone = self._store.clear_node_artifacts(node_ids, _optional_int(body, "flow_id"))
-        return {"status": "cleared", "removed": [a.name for a in gone],
-                "removed_artifacts": [{"flow_id": a.flow_id, "name": a.name} for a in gone]}
+        return {
+            "status": "cleared",
+            "removed": [a.name for a in gone],
+            "removed_artifacts": [{"flow_id": a.flow_id, "name": a.name} for a in gone],
+        }
 
     def interrupt(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"interrupted": self._executor.interrupt(_optional_int(body, "flow_id"),
-                                                        _optional_node(body))}
+        return {
+            "interrupted": self._executor.interrupt(
+                _optional_int(body, "flow_id"), _optional_node(body)
+            )
+        }
 
     def health(self, body: dict[str, Any]) -> dict[str, Any]:
         return {

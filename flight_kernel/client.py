@@ -1,9 +1,9 @@
 """`KernelClient`: one object for callers, HTTP for control and Flight for data.
 
-    with KernelClient("http://127.0.0.1:9999", "grpc://127.0.0.1:8815") as kc:
-        uri = kc.put_table("sales", frame)
-        result = kc.execute("n1", code, input_paths={"main": [uri]})
-        out = kc.get_table(result.output_paths[0])
+with KernelClient("http://127.0.0.1:9999", "grpc://127.0.0.1:8815") as kc:
+    uri = kc.put_table("sales", frame)
+    result = kc.execute("n1", code, input_paths={"main": [uri]})
+    out = kc.get_table(result.output_paths[0])
 """
 
 from __future__ import annotations
@@ -57,9 +57,14 @@ class ExecuteResult:
 class KernelClient:
     """Typed client of a kernel runtime: HTTP control plane plus Flight data plane."""
 
-    def __init__(self, http_url: str = "http://127.0.0.1:9999",
-                 flight_url: str = "grpc://127.0.0.1:8815", *, token: str | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        http_url: str = "http://127.0.0.1:9999",
+        flight_url: str = "grpc://127.0.0.1:8815",
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._token = token
         self._http = httpx.Client(base_url=http_url, headers=headers, timeout=timeout)
@@ -70,8 +75,12 @@ class KernelClient:
     def __enter__(self) -> KernelClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -85,22 +94,36 @@ class KernelClient:
         if response.is_error:  # say what the service said, not only the status
             raise httpx.HTTPStatusError(
                 f"{method} {url} answered {response.status_code}: {response.text}",
-                request=response.request, response=response)
+                request=response.request,
+                response=response,
+            )
         return response.json()
 
-    def execute(self, node_id: str | int, code: str, *,
-                input_paths: dict[str, list[str]] | None = None, output_dir: str = "",
-                flow_id: int = 0, timeout_s: float | None = None) -> ExecuteResult:
+    def execute(
+        self,
+        node_id: str | int,
+        code: str,
+        *,
+        input_paths: dict[str, list[str]] | None = None,
+        output_dir: str = "",
+        flow_id: int = 0,
+        timeout_s: float | None = None,
+    ) -> ExecuteResult:
         """Run code in the kernel; a failure of the code is `success=False`, not an exception."""
-        body: dict[str, Any] = {"node_id": node_id, "code": code,
-                                "input_paths": input_paths or {}, "output_dir": output_dir,
-                                "flow_id": flow_id}
+        body: dict[str, Any] = {
+            "node_id": node_id,
+            "code": code,
+            "input_paths": input_paths or {},
+            "output_dir": output_dir,
+            "flow_id": flow_id,
+        }
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
         return ExecuteResult.from_json(self._request("POST", "/execute", json=body))
 
-    def list_artifacts(self, flow_id: int | None = None,
-                       node_id: str | int | None = None) -> list[dict[str, Any]]:
+    def list_artifacts(
+        self, flow_id: int | None = None, node_id: str | int | None = None
+    ) -> list[dict[str, Any]]:
         params = {"flow_id": flow_id} if flow_id is not None else {}
         url = "/artifacts" if node_id is None else f"/artifacts/node/{node_id}"
         found: list[dict[str, Any]] = self._request("GET", url, params=params)
@@ -111,17 +134,20 @@ class KernelClient:
         cleared: dict[str, Any] = self._request("POST", "/clear", params=params)
         return cleared
 
-    def clear_node_artifacts(self, node_ids: list[str | int],
-                             flow_id: int | None = None) -> dict[str, Any]:
+    def clear_node_artifacts(
+        self, node_ids: list[str | int], flow_id: int | None = None
+    ) -> dict[str, Any]:
         body = {"node_ids": node_ids, "flow_id": flow_id}
         cleared: dict[str, Any] = self._request("POST", "/clear_node_artifacts", json=body)
         return cleared
 
-    def interrupt(self, flow_id: int | None = None,
-                  node_id: str | int | None = None) -> list[dict[str, Any]]:
+    def interrupt(
+        self, flow_id: int | None = None, node_id: str | int | None = None
+    ) -> list[dict[str, Any]]:
         body = {"flow_id": flow_id, "node_id": node_id}
-        interrupted: list[dict[str, Any]] = self._request("POST", "/interrupt",
-                                                          json=body)["interrupted"]
+        interrupted: list[dict[str, Any]] = self._request("POST", "/interrupt", json=body)[
+            "interrupted"
+        ]
         return interrupted
 
     def health(self) -> dict[str, Any]:
@@ -151,8 +177,9 @@ class KernelClient:
             uri = parse_flight_uri(path_or_uri)
             if not uri.is_local:
                 with flight.connect(f"grpc://{uri.host}:{uri.port}") as other:
-                    return other.do_get(flight.Ticket(str(uri.path).encode()),
-                                        self._options).read_all()
+                    return other.do_get(
+                        flight.Ticket(str(uri.path).encode()), self._options
+                    ).read_all()
             path: FlightPath = uri.path
         else:
             path = from_segments(path_or_uri.split("/"))

@@ -51,8 +51,10 @@ class CappedBuffer:
         with self._lock:
             text = "".join(self._parts)
             if self.dropped:
-                text += (f"\n[output truncated: {self.dropped} bytes dropped beyond the "
-                         f"{self._limit}-byte limit]\n")
+                text += (
+                    f"\n[output truncated: {self.dropped} bytes dropped beyond the "
+                    f"{self._limit}-byte limit]\n"
+                )
             return text
 
 
@@ -84,8 +86,7 @@ class ExecutionContext:
         return str(self.node_id)
 
     def describe(self) -> dict[str, Any]:
-        return {"execution_id": self.execution_id, "flow_id": self.flow_id,
-                "node_id": self.node_id}
+        return {"execution_id": self.execution_id, "flow_id": self.flow_id, "node_id": self.node_id}
 
 
 current: ContextVar[ExecutionContext | None] = ContextVar("flowfile_execution", default=None)

@@ -37,7 +37,8 @@ _KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
     """Raise `exc` in a thread at its next bytecode; None drops a pending one."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
+    )
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,22 @@ class ExecuteRequest:
             raise InvalidRequest("field 'flow_id' must be an integer")
         timeout = body.get("timeout_s")
         if timeout is not None and (  # NaN fails the range; a timer cannot wait past its max
-            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
             or not 0 < timeout <= threading.TIMEOUT_MAX
         ):
-            raise InvalidRequest("field 'timeout_s' must be a positive number of seconds, at "
-                                 f"most {threading.TIMEOUT_MAX:g}")
-        return cls(node_id, code, inputs, output_dir, flow_id,
-                   float(timeout) if timeout is not None else None)
+            raise InvalidRequest(
+                "field 'timeout_s' must be a positive number of seconds, at "
+                f"most {threading.TIMEOUT_MAX:g}"
+            )
+        return cls(
+            node_id,
+            code,
+            inputs,
+            output_dir,
+            flow_id,
+            float(timeout) if timeout is not None else None,
+        )
 
 
 def _format_error(exc: BaseException) -> str:
@@ -121,8 +131,14 @@ def _compile(code: str, filename: str) -> CodeType:
 class Executor:
     """Runs executions and keeps track of the running ones for interrupts."""
 
-    def __init__(self, store: Store, *, max_stream_bytes: int = 1024 * 1024,
-                 default_timeout_s: float | None = None, auth_token: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_stream_bytes: int = 1024 * 1024,
+        default_timeout_s: float | None = None,
+        auth_token: str | None = None,
+    ) -> None:
         self._store = store
         self._reader = InputReader(store, auth_token)
         self._max_stream_bytes = max_stream_bytes
@@ -136,9 +152,14 @@ class Executor:
         """Run one request to the end and return the response body."""
         install_capture()
         ctx = ExecutionContext(
-            execution_id=next(self._ids), flow_id=req.flow_id, node_id=req.node_id,
-            input_paths=req.input_paths, output_dir=req.output_dir, store=self._store,
-            reader=self._reader, stdout=CappedBuffer(self._max_stream_bytes),
+            execution_id=next(self._ids),
+            flow_id=req.flow_id,
+            node_id=req.node_id,
+            input_paths=req.input_paths,
+            output_dir=req.output_dir,
+            store=self._store,
+            reader=self._reader,
+            stdout=CappedBuffer(self._max_stream_bytes),
             stderr=CappedBuffer(self._max_stream_bytes),
         )
         filename = f"<node {req.node_id}>".replace("\x00", "\\x00")  # compile() refuses NUL
@@ -148,8 +169,9 @@ class Executor:
         timeout = req.timeout_s if req.timeout_s is not None else self._default_timeout_s
         timer = None
         if timeout is not None:
-            timer = threading.Timer(timeout, self._cancel, (ctx, f"Timeout: execution exceeded "
-                                                                f"timeout_s={timeout:g}"))
+            timer = threading.Timer(
+                timeout, self._cancel, (ctx, f"Timeout: execution exceeded timeout_s={timeout:g}")
+            )
             timer.daemon = True
         error: BaseException | None = None
         token = current.set(ctx)
@@ -163,8 +185,7 @@ class Executor:
                 with self._lock:
                     self._running[ctx.execution_id] = ctx
                 compiled = _compile(req.code, filename)
-                namespace = {"__name__": "__main__", "__builtins__": builtins,
-                             "flowfile": flowfile}
+                namespace = {"__name__": "__main__", "__builtins__": builtins, "flowfile": flowfile}
                 exec(compiled, namespace)
             finally:
                 with self._lock:
@@ -182,8 +203,9 @@ class Executor:
             current.reset(token)
         return self._response(ctx, req, error, filename)
 
-    def _response(self, ctx: ExecutionContext, req: ExecuteRequest,
-                  error: BaseException | None, filename: str) -> dict[str, Any]:
+    def _response(
+        self, ctx: ExecutionContext, req: ExecuteRequest, error: BaseException | None, filename: str
+    ) -> dict[str, Any]:
         elapsed_ms = (time.perf_counter() - ctx.started) * 1000
         body: dict[str, Any] = {
             "success": error is None,
@@ -206,17 +228,31 @@ class Executor:
                 body["error_kind"] = ctx.cancel_reason.split(":", 1)[0].lower()
             else:
                 body["error"] = _format_error(error)
-                body["error_kind"] = ("syntax" if isinstance(error, SyntaxError) else
-                                      "exit" if isinstance(error, SystemExit) else "exception")
+                body["error_kind"] = (
+                    "syntax"
+                    if isinstance(error, SyntaxError)
+                    else "exit"
+                    if isinstance(error, SystemExit)
+                    else "exception"
+                )
             # linecache lets the traceback show the user's source lines
-            linecache.cache[filename] = (len(req.code), None,
-                                         req.code.splitlines(keepends=True), filename)
+            linecache.cache[filename] = (
+                len(req.code),
+                None,
+                req.code.splitlines(keepends=True),
+                filename,
+            )
             try:
                 body["traceback"] = _user_traceback(error, filename)
             finally:
                 linecache.cache.pop(filename, None)
-            logger.info("execution %s (flow %s node %s) failed: %s", ctx.execution_id,
-                        ctx.flow_id, ctx.node_id, body["error"])
+            logger.info(
+                "execution %s (flow %s node %s) failed: %s",
+                ctx.execution_id,
+                ctx.flow_id,
+                ctx.node_id,
+                body["error"],
+            )
         return body
 
     def _cancel(self, ctx: ExecutionContext, reason: str) -> bool:
@@ -226,19 +262,27 @@ class Executor:
                 return False
             ctx.cancel_reason = reason
             _set_async_exc(ctx.thread_id, KeyboardInterrupt)
-        logger.info("execution %s (flow %s node %s): %s", ctx.execution_id, ctx.flow_id,
-                    ctx.node_id, reason)
+        logger.info(
+            "execution %s (flow %s node %s): %s", ctx.execution_id, ctx.flow_id, ctx.node_id, reason
+        )
         return True
 
-    def interrupt(self, flow_id: int | None = None,
-                  node_id: str | int | None = None) -> list[dict[str, Any]]:
+    def interrupt(
+        self, flow_id: int | None = None, node_id: str | int | None = None
+    ) -> list[dict[str, Any]]:
         """Interrupt running executions matching flow and node (None matches all)."""
         with self._lock:
-            matches = [c for c in self._running.values()
-                       if (flow_id is None or c.flow_id == flow_id)
-                       and (node_id is None or c.node_key == str(node_id))]
-        return [c.describe() for c in matches
-                if self._cancel(c, "Interrupted: execution interrupted on request")]
+            matches = [
+                c
+                for c in self._running.values()
+                if (flow_id is None or c.flow_id == flow_id)
+                and (node_id is None or c.node_key == str(node_id))
+            ]
+        return [
+            c.describe()
+            for c in matches
+            if self._cancel(c, "Interrupted: execution interrupted on request")
+        ]
 
     def running(self) -> list[dict[str, Any]]:
         with self._lock:

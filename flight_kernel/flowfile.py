@@ -20,14 +20,29 @@ from flight_kernel.errors import Conflict, InvalidRequest, NotFound, Serializati
 from flight_kernel.paths import check_segment
 
 __all__ = [
-    "delete_artifact", "list_artifacts", "log", "log_error", "log_info", "log_warning",
-    "publish_artifact", "publish_output", "read_artifact", "read_first", "read_input",
+    "delete_artifact",
+    "list_artifacts",
+    "log",
+    "log_error",
+    "log_info",
+    "log_warning",
+    "publish_artifact",
+    "publish_output",
+    "read_artifact",
+    "read_first",
+    "read_input",
     "read_inputs",
 ]
 
 logger = logging.getLogger("flowfile")
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
-           "WARN": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+_LEVELS = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "WARN": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+}
 
 
 @contextlib.contextmanager
@@ -43,11 +58,12 @@ def _as_builtin_errors() -> Iterator[None]:
 def _input_entries(name: str) -> list[str]:
     ctx = require_context()
     if not ctx.input_paths:
-        raise KeyError(f"no inputs were given to this execution (asked for {name!r}); "
-                       "pass input_paths with the request")
+        raise KeyError(
+            f"no inputs were given to this execution (asked for {name!r}); "
+            "pass input_paths with the request"
+        )
     if name not in ctx.input_paths:
-        raise KeyError(f"no input named {name!r} (available: "
-                       f"{', '.join(sorted(ctx.input_paths))})")
+        raise KeyError(f"no input named {name!r} (available: {', '.join(sorted(ctx.input_paths))})")
     entries = ctx.input_paths[name]
     if not entries:
         raise KeyError(f"input {name!r} has no paths")
@@ -73,8 +89,7 @@ def read_inputs() -> dict[str, pl.LazyFrame]:
     """Every input, by name."""
     ctx = require_context()
     if not ctx.input_paths:
-        raise KeyError("no inputs were given to this execution; pass input_paths with the "
-                       "request")
+        raise KeyError("no inputs were given to this execution; pass input_paths with the request")
     return {name: read_input(name) for name in ctx.input_paths}
 
 
@@ -128,9 +143,15 @@ def log(message: Any, level: str = "INFO") -> None:
     if levelno is None:
         raise ValueError(f"unknown log level {level!r} (use one of {', '.join(_LEVELS)})")
     text = str(message)
-    ctx.logs.append({"level": logging.getLevelName(levelno), "message": text,
-                     "flow_id": ctx.flow_id, "node_id": ctx.node_id,
-                     "timestamp": datetime.now(UTC).isoformat()})
+    ctx.logs.append(
+        {
+            "level": logging.getLevelName(levelno),
+            "message": text,
+            "flow_id": ctx.flow_id,
+            "node_id": ctx.node_id,
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
+    )
     logger.log(levelno, "[flow %s node %s] %s", ctx.flow_id, ctx.node_id, text)
 
 

@@ -21,8 +21,10 @@ def to_flight_store(output_dir: str) -> bool:
 def publish(ctx: ExecutionContext, frame: Any, name: str | None) -> str:
     """Publish one output; returns its path or Flight URI."""
     if not is_table_like(frame):
-        raise TypeError(f"publish_output takes a polars DataFrame or LazyFrame (or a pyarrow "
-                        f"Table), not {type(frame).__name__}")
+        raise TypeError(
+            f"publish_output takes a polars DataFrame or LazyFrame (or a pyarrow "
+            f"Table), not {type(frame).__name__}"
+        )
     if name is None:
         name = f"output_{ctx.unnamed_outputs}"
         ctx.unnamed_outputs += 1
@@ -46,8 +48,9 @@ def _write_parquet(output_dir: str, name: str, frame: Any) -> str:
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as exc:
-        raise type(exc)(exc.errno, f"cannot create output_dir {output_dir!r}: {exc.strerror}") \
-            from None
+        raise type(exc)(
+            exc.errno, f"cannot create output_dir {output_dir!r}: {exc.strerror}"
+        ) from None
     target = os.path.join(output_dir, f"{name}.parquet")
     try:
         if isinstance(frame, pl.LazyFrame):
@@ -57,6 +60,8 @@ def _write_parquet(output_dir: str, name: str, frame: Any) -> str:
         else:
             pq.write_table(frame if isinstance(frame, pa.Table) else as_arrow_table(frame), target)
     except OSError as exc:
-        raise type(exc)(exc.errno, f"output_dir {output_dir!r} is not writable "
-                        f"(writing {target!r}): {exc.strerror}") from None
+        raise type(exc)(
+            exc.errno,
+            f"output_dir {output_dir!r} is not writable (writing {target!r}): {exc.strerror}",
+        ) from None
     return target

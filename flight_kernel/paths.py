@@ -68,8 +68,10 @@ def _flow_id(value: str) -> int:
 def from_segments(segments: list[str]) -> FlightPath:
     """Parse the segments of a path; raise `InvalidRequest` naming what is wrong."""
     if not segments or segments == [""]:
-        raise InvalidRequest("empty Flight path; expected tables/<name>, "
-                             "outputs/<flow_id>/<node_id>/<name> or artifacts/<flow_id>/<name>")
+        raise InvalidRequest(
+            "empty Flight path; expected tables/<name>, "
+            "outputs/<flow_id>/<node_id>/<name> or artifacts/<flow_id>/<name>"
+        )
     kind = segments[0]
     if kind not in _SEGMENTS:
         raise InvalidRequest(
@@ -142,8 +144,9 @@ def parse_flight_uri(value: str) -> FlightURI:
     except ValueError:
         port = None
     if not parts.hostname or port is None:
-        raise InvalidRequest(f"Flight URI {value!r} must be flight:///<path> or "
-                             "flight://<host>:<port>/<path>")
+        raise InvalidRequest(
+            f"Flight URI {value!r} must be flight:///<path> or flight://<host>:<port>/<path>"
+        )
     return FlightURI(path, parts.hostname, port)
 
 

@@ -70,8 +70,7 @@ def to_arrow(obj: Any, label: str) -> pa.Table:
             f"artifact {label} of type {type_name(obj)} cannot be serialized: "
             f"{type(exc).__name__}: {exc}"
         ) from None
-    return pa.table({PICKLE_COLUMN: pa.array([data], pa.large_binary())},
-                    schema=pickle_schema(obj))
+    return pa.table({PICKLE_COLUMN: pa.array([data], pa.large_binary())}, schema=pickle_schema(obj))
 
 
 def from_arrow(table: pa.Table) -> Any:
@@ -81,13 +80,16 @@ def from_arrow(table: pa.Table) -> Any:
     kind = meta.get(TYPE_KEY, b"").decode()
     if serializer == PICKLE:
         if table.num_rows != 1 or table.schema.names != [PICKLE_COLUMN]:
-            raise InvalidRequest("a cloudpickle artifact stream must be one row of one "
-                                 f"binary column {PICKLE_COLUMN!r}")
+            raise InvalidRequest(
+                "a cloudpickle artifact stream must be one row of one "
+                f"binary column {PICKLE_COLUMN!r}"
+            )
         try:
             return cloudpickle.loads(table.column(0)[0].as_py())
         except Exception as exc:
-            raise InvalidRequest(f"cannot restore artifact of type {kind}: "
-                                 f"{type(exc).__name__}: {exc}") from None
+            raise InvalidRequest(
+                f"cannot restore artifact of type {kind}: {type(exc).__name__}: {exc}"
+            ) from None
     clean = {k: v for k, v in meta.items() if k not in (SERIALIZER_KEY, TYPE_KEY)}
     table = table.replace_schema_metadata(clean or None)
     if kind in ("polars.dataframe.frame.DataFrame", "polars.lazyframe.frame.LazyFrame"):

@@ -70,8 +70,9 @@ def flight_errors(what: str) -> Iterator[None]:
 class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     """The kernel's Flight server."""
 
-    def __init__(self, settings: Settings, store: Store | None = None,
-                 location: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store | None = None, location: str | None = None
+    ) -> None:
         middleware = {}
         if settings.auth_token:
             middleware["auth"] = BearerAuthMiddlewareFactory(settings.auth_token)
@@ -79,11 +80,15 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         super().__init__(location, middleware=middleware)
         self.settings = settings
         self.store = store if store is not None else Store()
-        self.executor = Executor(self.store, max_stream_bytes=settings.max_stream_bytes,
-                                 default_timeout_s=settings.exec_timeout_s,
-                                 auth_token=settings.auth_token)
-        self.actions = Actions(self.store, self.executor,
-                               f"grpc://{settings.connect_host}:{self.port}")
+        self.executor = Executor(
+            self.store,
+            max_stream_bytes=settings.max_stream_bytes,
+            default_timeout_s=settings.exec_timeout_s,
+            auth_token=settings.auth_token,
+        )
+        self.actions = Actions(
+            self.store, self.executor, f"grpc://{settings.connect_host}:{self.port}"
+        )
         self._locations = [REUSE_CONNECTION]
         if settings.advertise_location:
             self._locations.append(settings.advertise_location)
@@ -105,24 +110,34 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         with flight_errors("do_get"):
             return flight.RecordBatchStream(self._table_at(parse_ticket(ticket.ticket)))
 
-    def do_put(self, context: Any, descriptor: flight.FlightDescriptor,
-               reader: flight.MetadataRecordBatchReader, writer: Any) -> None:
+    def do_put(
+        self,
+        context: Any,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: Any,
+    ) -> None:
         with flight_errors("do_put"):
             path = self._descriptor_path(descriptor)
             if isinstance(path, OutputPath):
-                raise InvalidRequest(f"{path} is written by executions only; upload inputs "
-                                     "to tables/<name> or artifacts/<flow_id>/<name>")
+                raise InvalidRequest(
+                    f"{path} is written by executions only; upload inputs "
+                    "to tables/<name> or artifacts/<flow_id>/<name>"
+                )
             table = reader.read_all()
             if isinstance(path, TablePath):
                 self.store.put_table(path, table)
             else:
-                self.store.publish_artifact(path.flow_id, None, path.name, from_arrow(table),
-                                            replace=True)
+                self.store.publish_artifact(
+                    path.flow_id, None, path.name, from_arrow(table), replace=True
+                )
 
     def _descriptor_path(self, descriptor: flight.FlightDescriptor) -> FlightPath:
         if descriptor.descriptor_type != flight.DescriptorType.PATH:
-            raise InvalidRequest("only path descriptors are supported "
-                                 "(tables/<name>, artifacts/<flow_id>/<name>, ...)")
+            raise InvalidRequest(
+                "only path descriptors are supported "
+                "(tables/<name>, artifacts/<flow_id>/<name>, ...)"
+            )
         return parse_descriptor_path(list(descriptor.path or []))
 
     def _info(self, path: FlightPath) -> flight.FlightInfo:
@@ -133,14 +148,15 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             if not is_table_like(obj):  # not serialized until someone asks for it
                 return flight.FlightInfo(pickle_schema(obj), descriptor, [endpoint], 1, -1)
             table = to_arrow(obj, str(path))
-            return flight.FlightInfo(table.schema, descriptor, [endpoint], table.num_rows,
-                                     table.nbytes)
+            return flight.FlightInfo(
+                table.schema, descriptor, [endpoint], table.num_rows, table.nbytes
+            )
         entry = self.store.get_table(path)
-        return flight.FlightInfo(entry.schema, descriptor, [endpoint], entry.num_rows,
-                                 entry.nbytes)
+        return flight.FlightInfo(entry.schema, descriptor, [endpoint], entry.num_rows, entry.nbytes)
 
-    def get_flight_info(self, context: Any,
-                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+    def get_flight_info(
+        self, context: Any, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
         with flight_errors("get_flight_info"):
             return self._info(self._descriptor_path(descriptor))
 
@@ -149,8 +165,7 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             try:
                 prefix = (criteria or b"").decode("utf-8")
             except UnicodeDecodeError:
-                raise InvalidRequest("list_flights criteria must be a UTF-8 path prefix") \
-                    from None
+                raise InvalidRequest("list_flights criteria must be a UTF-8 path prefix") from None
             infos = []
             for path in self.store.paths(prefix):
                 with contextlib.suppress(NotFound):  # deleted meanwhile

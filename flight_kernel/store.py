@@ -21,6 +21,7 @@ from flight_kernel.tables import MAX_BATCH_ROWS, StoredTable
 
 __all__ = ["MAX_BATCH_ROWS", "Store", "StoredTable"]
 
+
 @dataclass
 class Artifact:
     """An artifact and what the listings say about it."""
@@ -81,8 +82,9 @@ class Store:
 
     def get_table(self, path: TablePath | OutputPath) -> StoredTable:
         with self._lock:
-            found = (self._tables.get(path) if isinstance(path, TablePath)
-                     else self._outputs.get(path))
+            found = (
+                self._tables.get(path) if isinstance(path, TablePath) else self._outputs.get(path)
+            )
             if found is None:
                 raise NotFound(f"nothing stored at {path} ({self._neighbours(path)})")
         return found
@@ -93,8 +95,11 @@ class Store:
             names = sorted(p.name for p in self._tables)
             what = "tables"
         else:
-            names = sorted(str(p) for p in self._outputs
-                           if (p.flow_id, p.node_id) == (path.flow_id, path.node_id))
+            names = sorted(
+                str(p)
+                for p in self._outputs
+                if (p.flow_id, p.node_id) == (path.flow_id, path.node_id)
+            )
             what = f"outputs of node {path.node_id!r} in flow {path.flow_id}"
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         return f"{what}: {shown or 'none'}"
@@ -129,8 +134,9 @@ class Store:
             art = self._artifacts.get((flow_id, name))
             if art is None:
                 known = sorted(n for f, n in self._artifacts if f == flow_id)
-                raise NotFound(f"no artifact {name!r} in flow {flow_id} (known: "
-                               f"{', '.join(known) or 'none'})")
+                raise NotFound(
+                    f"no artifact {name!r} in flow {flow_id} (known: {', '.join(known) or 'none'})"
+                )
         return art
 
     def delete_artifact(self, flow_id: int, name: str) -> Artifact:
@@ -138,8 +144,9 @@ class Store:
             art = self._artifacts.pop((flow_id, name), None)
             if art is None:
                 known = sorted(n for f, n in self._artifacts if f == flow_id)
-                raise NotFound(f"no artifact {name!r} in flow {flow_id} (known: "
-                               f"{', '.join(known) or 'none'})")
+                raise NotFound(
+                    f"no artifact {name!r} in flow {flow_id} (known: {', '.join(known) or 'none'})"
+                )
         return art
 
     def list_artifacts(
@@ -148,7 +155,8 @@ class Store:
         with self._lock:
             arts = list(self._artifacts.values())
         return [
-            a for a in arts
+            a
+            for a in arts
             if (flow_id is None or a.flow_id == flow_id)
             and (node_id is None or _same_node(a.node_id, node_id))
         ]
@@ -160,8 +168,10 @@ class Store:
         wanted = {str(n) for n in node_ids}
         with self._lock:
             gone = [
-                a for a in self._artifacts.values()
-                if str(a.node_id) in wanted and a.node_id is not None
+                a
+                for a in self._artifacts.values()
+                if str(a.node_id) in wanted
+                and a.node_id is not None
                 and (flow_id is None or a.flow_id == flow_id)
             ]
             for a in gone:
@@ -176,8 +186,11 @@ class Store:
             self.delete_artifact(path.flow_id, path.name)
             return
         with self._lock:
-            found = (self._tables.pop(path, None) if isinstance(path, TablePath)
-                     else self._outputs.pop(path, None))
+            found = (
+                self._tables.pop(path, None)
+                if isinstance(path, TablePath)
+                else self._outputs.pop(path, None)
+            )
         if found is None:
             raise NotFound(f"nothing stored at {path}")
 

@@ -63,9 +63,14 @@ def _release_freed_memory() -> None:
 def _is_aligned(array: pa.Array) -> bool:
     buffers = array.buffers()
     t = array.type
-    if pa.types.is_string_view(t) or pa.types.is_binary_view(t) or pa.types.is_string(t) \
-            or pa.types.is_binary(t) or pa.types.is_large_string(t) \
-            or pa.types.is_large_binary(t):
+    if (
+        pa.types.is_string_view(t)
+        or pa.types.is_binary_view(t)
+        or pa.types.is_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_large_binary(t)
+    ):
         buffers = buffers[1:2]  # views or offsets; character data is read byte-wise
     return all(b is None or b.address % 8 == 0 for b in buffers)
 
@@ -73,9 +78,15 @@ def _is_aligned(array: pa.Array) -> bool:
 class StoredTable:
     """One stored table or output, in a client form and a polars form sharing buffers."""
 
-    def __init__(self, views: list[pa.RecordBatch], views_schema: pa.Schema,
-                 client: list[pa.RecordBatch] | None, schema: pa.Schema,
-                 *, check_alignment: bool) -> None:
+    def __init__(
+        self,
+        views: list[pa.RecordBatch],
+        views_schema: pa.Schema,
+        client: list[pa.RecordBatch] | None,
+        schema: pa.Schema,
+        *,
+        check_alignment: bool,
+    ) -> None:
         self._views = views
         self._views_schema = views_schema
         self._client = client
@@ -100,8 +111,13 @@ class StoredTable:
     def output(cls, table: pa.Table) -> StoredTable:
         """A table from polars (views kept): clients get large strings, cast on first get."""
         table = normalize(table)
-        return cls(table.to_batches(), table.schema, None, client_schema(table.schema),
-                   check_alignment=False)
+        return cls(
+            table.to_batches(),
+            table.schema,
+            None,
+            client_schema(table.schema),
+            check_alignment=False,
+        )
 
     def for_polars(self) -> pa.Table:
         """The table as polars reads it without copying (aligned, strings as views)."""
@@ -122,13 +138,19 @@ class StoredTable:
         columns = self._views[i].columns
         if all(_is_aligned(c) for c in columns):
             return False
-        fresh = [c if _is_aligned(c) else pa.concat_arrays([c], memory_pool=_POOL)  # a copy
-                 for c in columns]
+        fresh = [
+            c if _is_aligned(c) else pa.concat_arrays([c], memory_pool=_POOL)  # a copy
+            for c in columns
+        ]
         if self._client is not None and self._client is not self._views:
             old = self._client[i]  # the client form shares the numeric columns too
             self._client[i] = pa.RecordBatch.from_arrays(
-                [f if old.schema.field(j).type == f.type else old.column(j)
-                 for j, f in enumerate(fresh)], schema=self.schema)
+                [
+                    f if old.schema.field(j).type == f.type else old.column(j)
+                    for j, f in enumerate(fresh)
+                ],
+                schema=self.schema,
+            )
         self._views[i] = pa.RecordBatch.from_arrays(fresh, schema=self._views_schema)
         return True
 

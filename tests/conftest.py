@@ -40,8 +40,9 @@ def flight_client(kernel_location: str) -> Iterator[flight.FlightClient]:
 
 
 @pytest.fixture
-def client(settings: Settings, kernel_server: KernelFlightServer,
-           kernel_location: str) -> Iterator[TestClient]:
+def client(
+    settings: Settings, kernel_server: KernelFlightServer, kernel_location: str
+) -> Iterator[TestClient]:
     app_settings = dataclasses.replace(settings, flight_port=kernel_server.port)
     app = create_app(app_settings, kernel=AttachedKernel(app_settings, kernel_location))
     with TestClient(app) as test_client:
@@ -52,8 +53,9 @@ def client(settings: Settings, kernel_server: KernelFlightServer,
 def wait_until() -> Callable[..., None]:
     """Poll `predicate` until it is true; fail the test when `timeout` seconds pass first."""
 
-    def wait(predicate: Callable[[], object], timeout: float = 10.0,
-             what: str = "condition") -> None:
+    def wait(
+        predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:

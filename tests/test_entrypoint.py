@@ -32,8 +32,9 @@ def _free_port() -> int:
 
 
 def _pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False
+    )
 
 
 @pytest.fixture
@@ -44,7 +45,8 @@ def probe_package(tmp_path: Path) -> Iterator[Path]:
     (source / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
         f'[project]\nname = "{PROBE_DIST}"\nversion = "0.1.0"\n\n'
-        f'[tool.setuptools]\npy-modules = ["{PROBE_MODULE}"]\n')
+        f'[tool.setuptools]\npy-modules = ["{PROBE_MODULE}"]\n'
+    )
     (source / f"{PROBE_MODULE}.py").write_text('GREETING = "installed by entrypoint.sh"\n')
     yield source
     # The suite's venv must stay as `make install` left it.
@@ -54,9 +56,13 @@ def probe_package(tmp_path: Path) -> Iterator[Path]:
 
 def _environment(packages: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERNEL_")}
-    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", KERNEL_PACKAGES=packages,
-               KERNEL_HOST="127.0.0.1", KERNEL_HTTP_PORT=str(_free_port()),
-               KERNEL_FLIGHT_PORT=str(_free_port()))
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        KERNEL_PACKAGES=packages,
+        KERNEL_HOST="127.0.0.1",
+        KERNEL_HTTP_PORT=str(_free_port()),
+        KERNEL_FLIGHT_PORT=str(_free_port()),
+    )
     return env
 
 
@@ -64,8 +70,7 @@ def _environment(packages: str) -> dict[str, str]:
 def _started(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """entrypoint.sh as a child; killed on the way out if it is still running."""
     with log.open("wb") as sink:
-        proc = subprocess.Popen([str(ENTRYPOINT)], env=env, stdout=sink,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([str(ENTRYPOINT)], env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:
@@ -98,9 +103,10 @@ def _execute(http: httpx.Client, code: str) -> dict[str, Any]:
 def test_installs_kernel_packages_then_serves(probe_package: Path, tmp_path: Path) -> None:
     env = _environment(str(probe_package))
     log = tmp_path / "entrypoint.log"
-    with (_started(env, log) as proc,
-          httpx.Client(base_url=f"http://127.0.0.1:{env['KERNEL_HTTP_PORT']}",
-                       timeout=60.0) as http):
+    with (
+        _started(env, log) as proc,
+        httpx.Client(base_url=f"http://127.0.0.1:{env['KERNEL_HTTP_PORT']}", timeout=60.0) as http,
+    ):
         _wait_healthy(proc, http, log)
         result = _execute(http, f"import {PROBE_MODULE}\nprint({PROBE_MODULE}.GREETING)")
         assert result["success"], result

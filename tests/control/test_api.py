@@ -15,10 +15,16 @@ from control.supervisor import KernelHandle
 from flight_kernel.errors import KernelError
 from flight_kernel.settings import Settings
 
-RESPONSE_FIELDS = {
-    "success": bool, "output_paths": list, "published_artifacts": list,
-    "deleted_artifacts": list, "stdout": str, "stderr": str, "error": (str, type(None)),
-    "traceback": (str, type(None)), "execution_time_ms": (int, float),
+RESPONSE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "success": bool,
+    "output_paths": list,
+    "published_artifacts": list,
+    "deleted_artifacts": list,
+    "stdout": str,
+    "stderr": str,
+    "error": (str, type(None)),
+    "traceback": (str, type(None)),
+    "execution_time_ms": (int, float),
 }
 RECORD_FIELDS = {"name", "flow_id", "node_id", "type_name", "size_bytes", "created_at", "ticket"}
 
@@ -104,28 +110,43 @@ def test_timeout_s_limits_the_execution(run_code):
 # -- malformed requests: 422 naming the field --------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    pytest.param({"node_id": "n"}, "code", id="missing-code"),
-    pytest.param({"code": "x"}, "node_id", id="missing-node-id"),
-    pytest.param({"node_id": "n", "code": 5}, "code", id="code-not-str"),
-    pytest.param({"node_id": [1], "code": "x"}, "node_id", id="node-id-list"),
-    pytest.param({"node_id": 1.5, "code": "x"}, "node_id", id="node-id-float"),
-    pytest.param({"node_id": None, "code": "x"}, "node_id", id="node-id-null"),
-    pytest.param({"node_id": "n", "code": "x", "flow_id": "1"}, "flow_id", id="flow-id-str"),
-    pytest.param({"node_id": "n", "code": "x", "flow_id": 1.5}, "flow_id", id="flow-id-float"),
-    pytest.param({"node_id": "n", "code": "x", "input_paths": ["a"]}, "input_paths",
-                 id="input-paths-list"),
-    pytest.param({"node_id": "n", "code": "x", "input_paths": {"main": "a.parquet"}},
-                 "input_paths", id="input-paths-not-lists"),
-    pytest.param({"node_id": "n", "code": "x", "input_paths": {"main": [1]}}, "input_paths",
-                 id="input-path-not-str"),
-    pytest.param({"node_id": "n", "code": "x", "output_dir": 3}, "output_dir",
-                 id="output-dir-not-str"),
-    pytest.param({"node_id": "n", "code": "x", "timeout_s": -1}, "timeout_s",
-                 id="timeout-negative"),
-    pytest.param({"node_id": "n", "code": "x", "timeout_s": "soon"}, "timeout_s",
-                 id="timeout-not-number"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param({"node_id": "n"}, "code", id="missing-code"),
+        pytest.param({"code": "x"}, "node_id", id="missing-node-id"),
+        pytest.param({"node_id": "n", "code": 5}, "code", id="code-not-str"),
+        pytest.param({"node_id": [1], "code": "x"}, "node_id", id="node-id-list"),
+        pytest.param({"node_id": 1.5, "code": "x"}, "node_id", id="node-id-float"),
+        pytest.param({"node_id": None, "code": "x"}, "node_id", id="node-id-null"),
+        pytest.param({"node_id": "n", "code": "x", "flow_id": "1"}, "flow_id", id="flow-id-str"),
+        pytest.param({"node_id": "n", "code": "x", "flow_id": 1.5}, "flow_id", id="flow-id-float"),
+        pytest.param(
+            {"node_id": "n", "code": "x", "input_paths": ["a"]},
+            "input_paths",
+            id="input-paths-list",
+        ),
+        pytest.param(
+            {"node_id": "n", "code": "x", "input_paths": {"main": "a.parquet"}},
+            "input_paths",
+            id="input-paths-not-lists",
+        ),
+        pytest.param(
+            {"node_id": "n", "code": "x", "input_paths": {"main": [1]}},
+            "input_paths",
+            id="input-path-not-str",
+        ),
+        pytest.param(
+            {"node_id": "n", "code": "x", "output_dir": 3}, "output_dir", id="output-dir-not-str"
+        ),
+        pytest.param(
+            {"node_id": "n", "code": "x", "timeout_s": -1}, "timeout_s", id="timeout-negative"
+        ),
+        pytest.param(
+            {"node_id": "n", "code": "x", "timeout_s": "soon"}, "timeout_s", id="timeout-not-number"
+        ),
+    ],
+)
 def test_malformed_execute_is_422_naming_the_field(client, body, field):
     response = client.post("/execute", json=body)
     assert response.status_code == 422
@@ -133,36 +154,70 @@ def test_malformed_execute_is_422_naming_the_field(client, body, field):
     assert all(loc[:2] == ["body", field] for loc in locations), locations
 
 
-@pytest.mark.parametrize("content", [
-    pytest.param(b"{bad json", id="broken"),
-    pytest.param(b"", id="empty"),
-    pytest.param(b'"a string"', id="not-an-object"),
-    pytest.param(b"[1, 2]", id="a-list"),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"{bad json", id="broken"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b'"a string"', id="not-an-object"),
+        pytest.param(b"[1, 2]", id="a-list"),
+    ],
+)
 def test_malformed_json_is_422(client, content):
-    response = client.post("/execute", content=content,
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/execute", content=content, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][0] == "body"
 
 
-@pytest.mark.parametrize(("method", "url", "body", "loc"), [
-    pytest.param("POST", "/clear?flow_id=abc", None, ["query", "flow_id"], id="clear-flow-id"),
-    pytest.param("GET", "/artifacts?flow_id=x", None, ["query", "flow_id"],
-                 id="artifacts-flow-id"),
-    pytest.param("GET", "/artifacts/node/7?flow_id=x", None, ["query", "flow_id"],
-                 id="node-artifacts-flow-id"),
-    pytest.param("POST", "/clear_node_artifacts", {"flow_id": 1}, ["body", "node_ids"],
-                 id="clear-nodes-missing-node-ids"),
-    pytest.param("POST", "/clear_node_artifacts", {"node_ids": "n1"}, ["body", "node_ids"],
-                 id="clear-nodes-node-ids-not-list"),
-    pytest.param("POST", "/clear_node_artifacts", {"node_ids": ["n"], "flow_id": "1"},
-                 ["body", "flow_id"], id="clear-nodes-flow-id-str"),
-    pytest.param("POST", "/interrupt", {"flow_id": "one"}, ["body", "flow_id"],
-                 id="interrupt-flow-id-str"),
-    pytest.param("POST", "/interrupt", {"node_id": [1]}, ["body", "node_id"],
-                 id="interrupt-node-id-list"),
-])
+@pytest.mark.parametrize(
+    ("method", "url", "body", "loc"),
+    [
+        pytest.param("POST", "/clear?flow_id=abc", None, ["query", "flow_id"], id="clear-flow-id"),
+        pytest.param(
+            "GET", "/artifacts?flow_id=x", None, ["query", "flow_id"], id="artifacts-flow-id"
+        ),
+        pytest.param(
+            "GET",
+            "/artifacts/node/7?flow_id=x",
+            None,
+            ["query", "flow_id"],
+            id="node-artifacts-flow-id",
+        ),
+        pytest.param(
+            "POST",
+            "/clear_node_artifacts",
+            {"flow_id": 1},
+            ["body", "node_ids"],
+            id="clear-nodes-missing-node-ids",
+        ),
+        pytest.param(
+            "POST",
+            "/clear_node_artifacts",
+            {"node_ids": "n1"},
+            ["body", "node_ids"],
+            id="clear-nodes-node-ids-not-list",
+        ),
+        pytest.param(
+            "POST",
+            "/clear_node_artifacts",
+            {"node_ids": ["n"], "flow_id": "1"},
+            ["body", "flow_id"],
+            id="clear-nodes-flow-id-str",
+        ),
+        pytest.param(
+            "POST",
+            "/interrupt",
+            {"flow_id": "one"},
+            ["body", "flow_id"],
+            id="interrupt-flow-id-str",
+        ),
+        pytest.param(
+            "POST", "/interrupt", {"node_id": [1]}, ["body", "node_id"], id="interrupt-node-id-list"
+        ),
+    ],
+)
 def test_other_malformed_requests_are_422_naming_the_field(client, method, url, body, loc):
     response = client.request(method, url, json=body)
     assert response.status_code == 422
@@ -174,8 +229,11 @@ def test_other_malformed_requests_are_422_naming_the_field(client, method, url, 
 
 @pytest.fixture
 def three_artifacts(run_code) -> None:
-    run_code("import polars as pl\nflowfile.publish_artifact('totals', pl.DataFrame({'x': [1]}))",
-             node_id="node_1", flow_id=1)
+    run_code(
+        "import polars as pl\nflowfile.publish_artifact('totals', pl.DataFrame({'x': [1]}))",
+        node_id="node_1",
+        flow_id=1,
+    )
     run_code("flowfile.publish_artifact('model', {'w': 1})", node_id="node_2", flow_id=1)
     run_code("flowfile.publish_artifact('totals', [1, 2])", node_id="node_1", flow_id=2)
 
@@ -220,16 +278,20 @@ def test_clear_one_flow_returns_what_it_removed(client, three_artifacts):
 
 
 def test_clear_also_drops_flight_outputs(client, run_code):
-    run_code("import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [1]}))",
-             node_id="n", flow_id=1)
+    run_code(
+        "import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [1]}))",
+        node_id="n",
+        flow_id=1,
+    )
     assert client.get("/health").json()["output_count"] == 1
     assert client.post("/clear?flow_id=1").json()["removed_outputs"] == ["outputs/1/n/output_0"]
     assert client.get("/health").json()["output_count"] == 0
 
 
 def test_clear_node_artifacts_returns_what_it_removed(client, three_artifacts):
-    response = client.post("/clear_node_artifacts",
-                           json={"node_ids": ["node_1", "node_2"], "flow_id": 1})
+    response = client.post(
+        "/clear_node_artifacts", json={"node_ids": ["node_1", "node_2"], "flow_id": 1}
+    )
     assert response.status_code == 200
     assert sorted(response.json()["removed"]) == ["model", "totals"]
     assert _keys(client.get("/artifacts").json()) == [(2, "totals")]
@@ -244,11 +306,14 @@ def test_clear_node_artifacts_takes_int_node_ids(client, run_code):
 # -- /interrupt --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [
-    pytest.param({}, id="no-body"),
-    pytest.param({"json": {}}, id="empty-object"),
-    pytest.param({"json": {"flow_id": 1, "node_id": "node_1"}}, id="no-match"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({}, id="no-body"),
+        pytest.param({"json": {}}, id="empty-object"),
+        pytest.param({"json": {"flow_id": 1, "node_id": "node_1"}}, id="no-match"),
+    ],
+)
 def test_interrupt_with_nothing_running(client, kwargs):
     response = client.post("/interrupt", **kwargs)
     assert response.status_code == 200
@@ -260,13 +325,22 @@ def test_interrupt_stops_a_running_execution(client, kernel_server, wait_until):
     kernel_server.store.publish_artifact(2, None, "release", release)
     waiting = "flowfile.read_artifact('release').wait(10)\nprint('done')"
     with ThreadPoolExecutor(2) as pool:
-        looping = pool.submit(client.post, "/execute", json={
-            "node_id": "node_1", "flow_id": 1, "code": "while True:\n    pass\n",
-            "timeout_s": 30})  # an interrupt that never arrives fails the test, not hangs it
-        other = pool.submit(client.post, "/execute", json={
-            "node_id": "node_1", "flow_id": 2, "code": waiting})
-        wait_until(lambda: len(client.get("/health").json()["running"]) == 2,
-                   what="two running executions")
+        looping = pool.submit(
+            client.post,
+            "/execute",
+            json={
+                "node_id": "node_1",
+                "flow_id": 1,
+                "code": "while True:\n    pass\n",
+                "timeout_s": 30,
+            },
+        )  # an interrupt that never arrives fails the test, not hangs it
+        other = pool.submit(
+            client.post, "/execute", json={"node_id": "node_1", "flow_id": 2, "code": waiting}
+        )
+        wait_until(
+            lambda: len(client.get("/health").json()["running"]) == 2, what="two running executions"
+        )
 
         response = client.post("/interrupt", json={"flow_id": 1, "node_id": "node_1"})
 
@@ -306,14 +380,14 @@ class _RefusingKernel(KernelHandle):
     def status(self) -> dict[str, Any]:
         return {"state": "healthy", "restarts": 0, "kernel_pid": None}
 
-    def call(self, action: str, body: dict[str, Any] | None = None, *,
-             wait: bool = True) -> bytes:
+    def call(self, action: str, body: dict[str, Any] | None = None, *, wait: bool = True) -> bytes:
         raise self._error
 
 
-@pytest.mark.parametrize(("error_class", "status"),
-                         [pytest.param(cls, code, id=cls.__name__)
-                          for cls, code in HTTP_STATUS.items()])
+@pytest.mark.parametrize(
+    ("error_class", "status"),
+    [pytest.param(cls, code, id=cls.__name__) for cls, code in HTTP_STATUS.items()],
+)
 def test_kernel_errors_become_their_http_status(error_class, status):
     settings = Settings(flight_port=0)
     app = create_app(settings, kernel=_RefusingKernel(settings, error_class("no artifact 'x'")))
@@ -331,5 +405,12 @@ def test_kernel_errors_become_their_http_status(error_class, status):
 def test_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/health", "/execute", "/artifacts", "/artifacts/node/{node_id}", "/clear",
-            "/clear_node_artifacts", "/interrupt"} <= set(paths)
+    assert {
+        "/health",
+        "/execute",
+        "/artifacts",
+        "/artifacts/node/{node_id}",
+        "/clear",
+        "/clear_node_artifacts",
+        "/interrupt",
+    } <= set(paths)

@@ -54,8 +54,10 @@ def _httpx_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     # httpx deprecates per-request cookies and raw bytes as `data`.
     cookies = kwargs.pop("cookies", None) or {}
     if cookies:
-        kwargs["headers"] = {**kwargs.get("headers", {}),
-                             "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+        kwargs["headers"] = {
+            **kwargs.get("headers", {}),
+            "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
+        }
     if isinstance(kwargs.get("data"), bytes | str):
         kwargs["content"] = kwargs.pop("data")
     return kwargs

@@ -74,13 +74,22 @@ class Service:
 def start_service(tmp_path: Path, **env: str) -> Service:
     http_port, flight_port = free_port(), free_port()
     log_path = tmp_path / "serve.log"
-    full_env = {**os.environ, "KERNEL_HTTP_PORT": str(http_port),
-                "KERNEL_FLIGHT_PORT": str(flight_port), "KERNEL_INTERRUPT_GRACE_S": "1", **env}
+    full_env = {
+        **os.environ,
+        "KERNEL_HTTP_PORT": str(http_port),
+        "KERNEL_FLIGHT_PORT": str(flight_port),
+        "KERNEL_INTERRUPT_GRACE_S": "1",
+        **env,
+    }
     with log_path.open("w") as log:
-        proc = subprocess.Popen([SERVE, "serve"], env=full_env, stdout=log,
-                                stderr=subprocess.STDOUT, text=True)
-    headers = {"Authorization": f"Bearer {env['KERNEL_AUTH_TOKEN']}"} \
-        if "KERNEL_AUTH_TOKEN" in env else {}
+        proc = subprocess.Popen(
+            [SERVE, "serve"], env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+    headers = (
+        {"Authorization": f"Bearer {env['KERNEL_AUTH_TOKEN']}"}
+        if "KERNEL_AUTH_TOKEN" in env
+        else {}
+    )
     http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", headers=headers, timeout=60)
     service = Service(proc, http, flight_port, log_path)
     wait_for(service.healthy)
@@ -101,12 +110,18 @@ def service(tmp_path: Path) -> Iterator[Service]:
     stop_service(svc)
 
 
-@pytest.mark.parametrize(("code", "how"), [
-    pytest.param("import os\nos._exit(7)", "exited with code 7", id="os-exit"),
-    pytest.param("import ctypes\nctypes.string_at(0)", "SIGSEGV", id="segfault"),
-    pytest.param("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
-                 "likely out of memory", id="sigkill"),
-])
+@pytest.mark.parametrize(
+    ("code", "how"),
+    [
+        pytest.param("import os\nos._exit(7)", "exited with code 7", id="os-exit"),
+        pytest.param("import ctypes\nctypes.string_at(0)", "SIGSEGV", id="segfault"),
+        pytest.param(
+            "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+            "likely out of memory",
+            id="sigkill",
+        ),
+    ],
+)
 def test_kernel_death_is_answered_and_survived(service: Service, code: str, how: str) -> None:
     service.execute("flowfile.publish_artifact('a', 1)", node_id="keep", flow_id=1)
     before = wait_for(service.healthy)
@@ -176,8 +191,9 @@ def test_default_timeout_comes_from_the_environment(tmp_path: Path) -> None:
         stop_service(svc)
 
 
-def _run_in_thread(service: Service, code: str, **fields: Any) -> tuple[threading.Thread,
-                                                                        dict[str, Any]]:
+def _run_in_thread(
+    service: Service, code: str, **fields: Any
+) -> tuple[threading.Thread, dict[str, Any]]:
     out: dict[str, Any] = {}
 
     def run() -> None:
@@ -196,8 +212,11 @@ def test_interrupt_stops_only_the_matching_flow(service: Service) -> None:
     loop = "import time\nprint('started')\nwhile True:\n    time.sleep(0.01)"
     victim, victim_out = _run_in_thread(service, loop, flow_id=1, node_id="a")
     other, other_out = _run_in_thread(
-        service, "import time\nfor _ in range(100):\n    time.sleep(0.01)\nprint('finished')",
-        flow_id=2, node_id="b")
+        service,
+        "import time\nfor _ in range(100):\n    time.sleep(0.01)\nprint('finished')",
+        flow_id=2,
+        node_id="b",
+    )
     _wait_running(service, 2)
 
     answer = service.http.post("/interrupt", json={"flow_id": 1}).json()
@@ -217,8 +236,10 @@ def test_interrupt_with_nothing_running_matches_nothing(service: Service) -> Non
 
 
 def test_code_ignoring_the_interrupt_is_ended_by_a_restart(service: Service) -> None:
-    stubborn = ("import time\nwhile True:\n    try:\n        time.sleep(0.01)\n"
-                "    except KeyboardInterrupt:\n        pass")
+    stubborn = (
+        "import time\nwhile True:\n    try:\n        time.sleep(0.01)\n"
+        "    except KeyboardInterrupt:\n        pass"
+    )
     thread, out = _run_in_thread(service, stubborn, flow_id=3)
     _wait_running(service, 1)
 
@@ -236,8 +257,7 @@ def test_auth_token_guards_both_planes_and_stays_out_of_logs(tmp_path: Path) -> 
     try:
         base = str(svc.http.base_url)
         assert httpx.get(f"{base}/health").status_code == 200
-        assert httpx.post(f"{base}/execute", json={"node_id": 1, "code": "x=1"}).status_code \
-            == 401
+        assert httpx.post(f"{base}/execute", json={"node_id": 1, "code": "x=1"}).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert httpx.get(f"{base}/artifacts", headers=wrong).status_code == 401
         assert svc.execute("x = 1")["success"] is True
@@ -246,10 +266,12 @@ def test_auth_token_guards_both_planes_and_stays_out_of_logs(tmp_path: Path) -> 
         with flight.connect(f"grpc://127.0.0.1:{svc.flight_port}") as client:
             with pytest.raises(flight.FlightUnauthenticatedError):
                 client.do_get(flight.Ticket(b"tables/t")).read_all()
-            good = flight.FlightCallOptions(headers=[(b"authorization",
-                                                      f"Bearer {TOKEN}".encode())])
-            writer, _ = client.do_put(flight.FlightDescriptor.for_path("tables", "t"),
-                                      table.schema, good)
+            good = flight.FlightCallOptions(
+                headers=[(b"authorization", f"Bearer {TOKEN}".encode())]
+            )
+            writer, _ = client.do_put(
+                flight.FlightDescriptor.for_path("tables", "t"), table.schema, good
+            )
             writer.write_table(table)
             writer.close()
             assert client.do_get(flight.Ticket(b"tables/t"), good).read_all().equals(table)
@@ -269,5 +291,7 @@ def test_sigterm_lets_running_work_finish_and_leaves_no_process(service: Service
 
     assert out["stdout"] == "done\n"
     assert code == 0
-    assert not psutil.pid_exists(kernel_pid) or \
-        psutil.Process(kernel_pid).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(kernel_pid)
+        or psutil.Process(kernel_pid).status() == psutil.STATUS_ZOMBIE
+    )

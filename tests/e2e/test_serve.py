@@ -59,8 +59,7 @@ class Served:
             except httpx.TransportError:
                 pass  # not listening yet
             if time.monotonic() > deadline:
-                pytest.fail(f"/health not healthy within {START_DEADLINE_S:g} s:\n"
-                            f"{self.output()}")
+                pytest.fail(f"/health not healthy within {START_DEADLINE_S:g} s:\n{self.output()}")
             time.sleep(0.05)  # a polling interval
 
 
@@ -68,12 +67,16 @@ class Served:
 def served(tmp_path: Path) -> Iterator[Served]:
     http_port, flight_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERNEL_")}
-    env.update(KERNEL_HOST="127.0.0.1", KERNEL_HTTP_PORT=str(http_port),
-               KERNEL_FLIGHT_PORT=str(flight_port))
+    env.update(
+        KERNEL_HOST="127.0.0.1",
+        KERNEL_HTTP_PORT=str(http_port),
+        KERNEL_FLIGHT_PORT=str(flight_port),
+    )
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:
-        proc = subprocess.Popen([str(SERVE), "serve"], env=env, stdout=sink,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(SERVE), "serve"], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=60.0)
     try:
         yield Served(proc, http, log)

@@ -69,9 +69,14 @@ def _execute_all(kernel_location: str, bodies: dict[int, dict]) -> dict[int, dic
 
 
 def test_each_execution_captures_exactly_its_own_output(kernel_location, barrier):
-    bodies = {flow: {"node_id": "script", "flow_id": flow,
-                     "code": PRINTING.format(lines=LINES, every=EVERY, flow=flow)}
-              for flow in FLOWS}
+    bodies = {
+        flow: {
+            "node_id": "script",
+            "flow_id": flow,
+            "code": PRINTING.format(lines=LINES, every=EVERY, flow=flow),
+        }
+        for flow in FLOWS
+    }
 
     results = _execute_all(kernel_location, bodies)
 
@@ -81,17 +86,25 @@ def test_each_execution_captures_exactly_its_own_output(kernel_location, barrier
         assert result["stderr"] == "".join(f"flow {flow} err {i}\n" for i in range(LINES))
 
 
-def test_each_execution_sees_its_own_flowfile_context(kernel_server, kernel_location, barrier,
-                                                       flight_client):
+def test_each_execution_sees_its_own_flowfile_context(
+    kernel_server, kernel_location, barrier, flight_client
+):
     for flow in FLOWS:
         table = pa.table({"v": [flow * 10 + i for i in range(flow)]})
         writer, _ = flight_client.do_put(
-            flight.FlightDescriptor.for_path("tables", f"input_{flow}"), table.schema)
+            flight.FlightDescriptor.for_path("tables", f"input_{flow}"), table.schema
+        )
         writer.write_table(table)
         writer.close()
-    bodies = {flow: {"node_id": "script", "flow_id": flow, "code": CONTEXT.format(flow=flow),
-                     "input_paths": {"main": [f"flight:///tables/input_{flow}"]}}
-              for flow in FLOWS}
+    bodies = {
+        flow: {
+            "node_id": "script",
+            "flow_id": flow,
+            "code": CONTEXT.format(flow=flow),
+            "input_paths": {"main": [f"flight:///tables/input_{flow}"]},
+        }
+        for flow in FLOWS
+    }
 
     results = _execute_all(kernel_location, bodies)
 
@@ -99,7 +112,11 @@ def test_each_execution_sees_its_own_flowfile_context(kernel_server, kernel_loca
         assert result["success"] is True, result["error"]
         rows = [flow * 10 + i for i in range(flow)]
         assert json.loads(result["stdout"]) == {
-            "seen_flows": [flow], "artifacts": ["barrier", "mine"], "mine": flow, "rows": rows}
+            "seen_flows": [flow],
+            "artifacts": ["barrier", "mine"],
+            "mine": flow,
+            "rows": rows,
+        }
         assert result["output_paths"] == [f"flight:///outputs/{flow}/script/output_0"]
         assert result["published_artifacts"] == ["mine"]
         ticket = flight.Ticket(f"outputs/{flow}/script/output_0".encode())

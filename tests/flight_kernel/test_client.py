@@ -23,13 +23,15 @@ from flight_kernel.settings import Settings
 
 
 @pytest.fixture
-def http_url(settings: Settings, kernel_server: KernelFlightServer,
-             kernel_location: str) -> Iterator[str]:
+def http_url(
+    settings: Settings, kernel_server: KernelFlightServer, kernel_location: str
+) -> Iterator[str]:
     """The control plane served by uvicorn on a free port, in a background thread."""
     app_settings = dataclasses.replace(settings, http_port=0, flight_port=kernel_server.port)
     app = create_app(app_settings, kernel=AttachedKernel(app_settings, kernel_location))
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                            ws="none", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", ws="none", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
@@ -53,11 +55,13 @@ def kc(http_url: str, kernel_location: str) -> Iterator[KernelClient]:
         yield client
 
 
-SALES = pl.DataFrame({
-    "status": ["active", "inactive", "active", "active", None],
-    "category": ["a", "b", "a", "c", "a"],
-    "amount": [10.0, 5.0, 2.5, 7.0, 1.0],
-})
+SALES = pl.DataFrame(
+    {
+        "status": ["active", "inactive", "active", "active", None],
+        "category": ["a", "b", "a", "c", "a"],
+        "amount": [10.0, 5.0, 2.5, 7.0, 1.0],
+    }
+)
 
 README_NODE = """
 import polars as pl
@@ -85,26 +89,36 @@ def test_health(kc: KernelClient) -> None:
 def test_put_table_execute_get_table(kc: KernelClient) -> None:
     uri = kc.put_table("sales", SALES)
     assert uri == "flight:///tables/sales"
-    result = kc.execute("double", (
-        "import polars as pl\n"
-        "flowfile.publish_output(flowfile.read_input().with_columns(pl.col('amount') * 2),"
-        " 'doubled')\n"
-    ), input_paths={"main": [uri]}, flow_id=1)
+    result = kc.execute(
+        "double",
+        (
+            "import polars as pl\n"
+            "flowfile.publish_output(flowfile.read_input().with_columns(pl.col('amount') * 2),"
+            " 'doubled')\n"
+        ),
+        input_paths={"main": [uri]},
+        flow_id=1,
+    )
     assert isinstance(result, ExecuteResult)
     assert result.success, result.error
     assert result.output_paths == ["flight:///outputs/1/double/doubled"]
     table = kc.get_table(result.output_paths[0])
     assert isinstance(table, pa.Table)
-    assert_frame_equal(pl.from_arrow(table),  # type: ignore[arg-type]
-                       SALES.with_columns(pl.col("amount") * 2))
+    assert_frame_equal(
+        pl.from_arrow(table),  # type: ignore[arg-type]
+        SALES.with_columns(pl.col("amount") * 2),
+    )
     assert kc.get_table("tables/sales").to_pydict() == SALES.to_dict(as_series=False)
 
 
 def test_put_table_takes_pandas_and_pyarrow(kc: KernelClient) -> None:
     kc.put_table("pd", pd.DataFrame({"a": [1, 2]}))
     kc.put_table("pa", pa.table({"a": [3]}))
-    result = kc.execute("n", "print(flowfile.read_input().collect()['a'].to_list())",
-                        input_paths={"main": ["flight:///tables/pd", "flight:///tables/pa"]})
+    result = kc.execute(
+        "n",
+        "print(flowfile.read_input().collect()['a'].to_list())",
+        input_paths={"main": ["flight:///tables/pd", "flight:///tables/pa"]},
+    )
     assert result.stdout == "[1, 2, 3]\n"
     with pytest.raises(TypeError):
         kc.put_table("bad", {"a": [1]})
@@ -150,7 +164,8 @@ def test_list_artifacts(kc: KernelClient) -> None:
     assert sorted(r["name"] for r in flow_1) == ["a", "c"]
     by_node = kc.list_artifacts(flow_id=1, node_id="n7")
     assert [(r["name"], r["ticket"], r["type_name"]) for r in by_node] == [
-        ("c", "artifacts/1/c", "str")]
+        ("c", "artifacts/1/c", "str")
+    ]
     [frame] = kc.list_artifacts(flow_id=2)
     assert frame["size_bytes"] >= SALES.estimated_size()
 
@@ -178,8 +193,10 @@ def test_delete(kc: KernelClient) -> None:
 
 
 def test_get_table_from_another_kernel(kc: KernelClient) -> None:
-    with KernelFlightServer(Settings(flight_port=0)) as other, \
-            KernelClient("http://127.0.0.1:1", f"grpc://127.0.0.1:{other.port}") as direct:
+    with (
+        KernelFlightServer(Settings(flight_port=0)) as other,
+        KernelClient("http://127.0.0.1:1", f"grpc://127.0.0.1:{other.port}") as direct,
+    ):
         direct.put_table("remote", SALES)
         table = kc.get_table(f"flight://127.0.0.1:{other.port}/tables/remote")
     assert table.to_pydict() == SALES.to_dict(as_series=False)

@@ -64,42 +64,79 @@ def _blocked_dir(tmp_path: Path) -> str:
 FAILURES = [
     pytest.param(
         "def f():\n    raise ValueError('boom')\nf()\n",
-        lambda tmp: {}, "ValueError: boom", [], "raise ValueError('boom')",
-        id="exception"),
+        lambda tmp: {},
+        "ValueError: boom",
+        [],
+        "raise ValueError('boom')",
+        id="exception",
+    ),
     pytest.param(
-        "x = 1\ny = (\n", lambda tmp: {}, "SyntaxError: ", ["line 2"], "y = (",
-        id="syntax-error"),
+        "x = 1\ny = (\n", lambda tmp: {}, "SyntaxError: ", ["line 2"], "y = (", id="syntax-error"
+    ),
     pytest.param(
-        "import sys\nsys.exit(3)\n", lambda tmp: {}, "SystemExit: ", ["3"], "sys.exit(3)",
-        id="system-exit"),
+        "import sys\nsys.exit(3)\n",
+        lambda tmp: {},
+        "SystemExit: ",
+        ["3"],
+        "sys.exit(3)",
+        id="system-exit",
+    ),
     pytest.param(
-        "raise KeyboardInterrupt('stop')\n", lambda tmp: {}, "KeyboardInterrupt: stop", [],
-        "raise KeyboardInterrupt('stop')", id="keyboard-interrupt"),
+        "raise KeyboardInterrupt('stop')\n",
+        lambda tmp: {},
+        "KeyboardInterrupt: stop",
+        [],
+        "raise KeyboardInterrupt('stop')",
+        id="keyboard-interrupt",
+    ),
     pytest.param(
         "df = flowfile.read_input('other')\n",
         lambda tmp: {"input_paths": {"main": [_parquet(tmp)], "extra": [_parquet(tmp)]}},
-        "KeyError: ", ["'other'", "available: extra, main"],
-        "df = flowfile.read_input('other')", id="missing-input-name"),
+        "KeyError: ",
+        ["'other'", "available: extra, main"],
+        "df = flowfile.read_input('other')",
+        id="missing-input-name",
+    ),
     pytest.param(
         "df = flowfile.read_input()\n",
         lambda tmp: {"input_paths": {"main": [str(tmp / "missing.parquet")]}},
-        "FileNotFoundError: ", ["missing.parquet"], "df = flowfile.read_input()",
-        id="missing-input-file"),
+        "FileNotFoundError: ",
+        ["missing.parquet"],
+        "df = flowfile.read_input()",
+        id="missing-input-file",
+    ),
     pytest.param(
-        "df = flowfile.read_input()\n", lambda tmp: {}, "KeyError: ", ["no inputs"],
-        "df = flowfile.read_input()", id="no-inputs-at-all"),
+        "df = flowfile.read_input()\n",
+        lambda tmp: {},
+        "KeyError: ",
+        ["no inputs"],
+        "df = flowfile.read_input()",
+        id="no-inputs-at-all",
+    ),
     pytest.param(
-        "frames = flowfile.read_inputs()\n", lambda tmp: {}, "KeyError: ", ["no inputs"],
-        "frames = flowfile.read_inputs()", id="no-inputs-at-all-read-inputs"),
+        "frames = flowfile.read_inputs()\n",
+        lambda tmp: {},
+        "KeyError: ",
+        ["no inputs"],
+        "frames = flowfile.read_inputs()",
+        id="no-inputs-at-all-read-inputs",
+    ),
     pytest.param(
         "import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [1]}))\n",
-        lambda tmp: {"output_dir": _blocked_dir(tmp)}, "", ["output_dir", "a_file"],
-        "flowfile.publish_output(pl.DataFrame({'x': [1]}))", id="output-dir-under-a-file"),
+        lambda tmp: {"output_dir": _blocked_dir(tmp)},
+        "",
+        ["output_dir", "a_file"],
+        "flowfile.publish_output(pl.DataFrame({'x': [1]}))",
+        id="output-dir-under-a-file",
+    ),
     pytest.param(
         "import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [1]}))\n",
-        lambda tmp: {"output_dir": _blocked_dir(tmp).removesuffix("/out")}, "",
-        ["output_dir", "a_file"], "flowfile.publish_output(pl.DataFrame({'x': [1]}))",
-        id="output-dir-is-a-file"),
+        lambda tmp: {"output_dir": _blocked_dir(tmp).removesuffix("/out")},
+        "",
+        ["output_dir", "a_file"],
+        "flowfile.publish_output(pl.DataFrame({'x': [1]}))",
+        id="output-dir-is-a-file",
+    ),
 ]
 
 
@@ -128,7 +165,10 @@ def test_exception_traceback_shows_every_user_frame(executor):
     tb = result["traceback"]
     assert tb.startswith("Traceback (most recent call last):\n")
     assert [line.strip() for line in tb.splitlines() if line.startswith("    ")] == [
-        "outer()", "inner()", "1 / 0"]
+        "outer()",
+        "inner()",
+        "1 / 0",
+    ]
     assert tb.endswith("ZeroDivisionError: division by zero\n")
 
 
@@ -166,8 +206,12 @@ def test_interrupt_stops_one_flow_and_others_continue(store, executor, wait_unti
     waiting = "ok = flowfile.read_artifact('release').wait(10)\nprint('released', ok)\n"
 
     with ThreadPoolExecutor(2) as pool:
-        looping = pool.submit(executor.execute, ExecuteRequest(
-            "loop", "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S))
+        looping = pool.submit(
+            executor.execute,
+            ExecuteRequest(
+                "loop", "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S
+            ),
+        )
         other = pool.submit(executor.execute, ExecuteRequest("wait", waiting, flow_id=2))
         wait_until(lambda: len(executor.running()) == 2, what="both executions to run")
 
@@ -187,8 +231,10 @@ def test_interrupt_stops_one_flow_and_others_continue(store, executor, wait_unti
 
 def test_interrupt_by_node_id_compares_string_forms(executor, wait_until):
     with ThreadPoolExecutor(1) as pool:
-        looping = pool.submit(executor.execute, ExecuteRequest(
-            7, "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S))
+        looping = pool.submit(
+            executor.execute,
+            ExecuteRequest(7, "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S),
+        )
         wait_until(lambda: executor.running() != [], what="the execution to run")
         assert executor.interrupt(node_id="8") == []
         interrupted = executor.interrupt(node_id="7")
@@ -205,7 +251,9 @@ def test_interrupts_racing_the_start_of_executions_never_hang_them(executor):
         request = ExecuteRequest("n1", "while True:\n    pass\n", timeout_s=SAFETY_TIMEOUT_S)
         thread = threading.Thread(  # daemon: a hung one must not hang pytest
             target=lambda ex, req, out: out.append(ex.execute(req)),
-            args=(executor, request, results), daemon=True)
+            args=(executor, request, results),
+            daemon=True,
+        )
         thread.start()
         deadline = time.monotonic() + 10
         while not executor.running():
@@ -216,22 +264,34 @@ def test_interrupts_racing_the_start_of_executions_never_hang_them(executor):
         assert results[0]["error"].startswith("Interrupted")
 
 
-@pytest.mark.xfail(sys.version_info < (3, 12), strict=True, reason=(
-    "CPython 3.11: a thread being created briefly carries its creator's ident, so the "
-    "KeyboardInterrupt that PyThreadState_SetAsyncExc aims at an execution starting a thread "
-    "can also hit the newborn, which dies unstarted while user code waits in Thread.start() "
-    "forever (reverting on a count > 1 does not help: the newborn takes its own ident without "
-    "the GIL). Fixed in CPython 3.12; the supervisor restarts such a kernel after the grace."))
+@pytest.mark.xfail(
+    sys.version_info < (3, 12),
+    strict=True,
+    reason=(
+        "CPython 3.11: a thread being created briefly carries its creator's ident, so the "
+        "KeyboardInterrupt that PyThreadState_SetAsyncExc aims at an execution starting a thread "
+        "can also hit the newborn, which dies unstarted while user code waits in Thread.start() "
+        "forever (reverting on a count > 1 does not help: the newborn takes its own ident without "
+        "the GIL). Fixed in CPython 3.12; the supervisor restarts such a kernel after the grace."
+    ),
+)
 # the newborn thread's KeyboardInterrupt is reported as "Exception ignored in thread started by"
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_timeout_while_user_code_starts_threads_never_hangs_it(executor):
-    code = ("import threading\nwhile True:\n"
-            "    t = threading.Thread(target=int)\n    t.start()\n    t.join()\n")
+    code = (
+        "import threading\nwhile True:\n"
+        "    t = threading.Thread(target=int)\n    t.start()\n    t.join()\n"
+    )
     # Eight at once: the contention widens the window, so the bug shows in a round or two.
     for _ in range(40):
-        threads = [threading.Thread(  # daemon: a hung one must not hang pytest
-            target=executor.execute, args=(ExecuteRequest(f"n{k}", code, timeout_s=0.05),),
-            daemon=True) for k in range(8)]
+        threads = [
+            threading.Thread(  # daemon: a hung one must not hang pytest
+                target=executor.execute,
+                args=(ExecuteRequest(f"n{k}", code, timeout_s=0.05),),
+                daemon=True,
+            )
+            for k in range(8)
+        ]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 3
@@ -272,8 +332,7 @@ def test_reexecution_clears_the_nodes_previous_artifacts(store, executor):
     executor.execute(ExecuteRequest("n1", first, flow_id=2))
     executor.execute(ExecuteRequest("other", "flowfile.publish_artifact('c', 3)", flow_id=1))
 
-    result = executor.execute(
-        ExecuteRequest("n1", "flowfile.publish_artifact('d', 4)", flow_id=1))
+    result = executor.execute(ExecuteRequest("n1", "flowfile.publish_artifact('d', 4)", flow_id=1))
 
     assert result["published_artifacts"] == ["d"]
     assert result["deleted_artifacts"] == []
@@ -282,13 +341,19 @@ def test_reexecution_clears_the_nodes_previous_artifacts(store, executor):
 
 
 def test_reexecution_clears_the_nodes_previous_flight_outputs(store, executor):
-    two = ("import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [1]}))\n"
-           "flowfile.publish_output(pl.DataFrame({'x': [2]}), name='extra')\n")
+    two = (
+        "import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [1]}))\n"
+        "flowfile.publish_output(pl.DataFrame({'x': [2]}), name='extra')\n"
+    )
     executor.execute(ExecuteRequest("n1", two, flow_id=1))
 
-    result = executor.execute(ExecuteRequest(
-        "n1", "import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [3]}))\n",
-        flow_id=1))
+    result = executor.execute(
+        ExecuteRequest(
+            "n1",
+            "import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [3]}))\n",
+            flow_id=1,
+        )
+    )
 
     assert result["output_paths"] == ["flight:///outputs/1/n1/output_0"]
     assert [str(p) for p in store.paths("outputs/")] == ["outputs/1/n1/output_0"]
@@ -296,11 +361,13 @@ def test_reexecution_clears_the_nodes_previous_flight_outputs(store, executor):
 
 
 def test_partial_failure_keeps_what_was_published(store, executor):
-    code = ("import polars as pl\n"
-            "flowfile.publish_artifact('kept', {'k': 1})\n"
-            "flowfile.publish_output(pl.DataFrame({'x': [1, 2]}))\n"
-            "print('before')\n"
-            "raise RuntimeError('late failure')\n")
+    code = (
+        "import polars as pl\n"
+        "flowfile.publish_artifact('kept', {'k': 1})\n"
+        "flowfile.publish_output(pl.DataFrame({'x': [1, 2]}))\n"
+        "print('before')\n"
+        "raise RuntimeError('late failure')\n"
+    )
     result = executor.execute(ExecuteRequest("n1", code, flow_id=1))
 
     assert result["success"] is False
@@ -317,17 +384,24 @@ def test_user_code_runs_as_main_with_flowfile_injected(executor):
     assert result["stdout"] == "__main__ flight_kernel.flowfile\n"
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    pytest.param({"code": "x"}, "node_id", id="missing-node-id"),
-    pytest.param({"node_id": True, "code": "x"}, "node_id", id="bool-node-id"),
-    pytest.param({"node_id": "n"}, "code", id="missing-code"),
-    pytest.param({"node_id": "n", "code": "x", "flow_id": "1"}, "flow_id", id="str-flow-id"),
-    pytest.param({"node_id": "n", "code": "x", "input_paths": {"main": "a"}}, "input_paths",
-                 id="input-paths-not-lists"),
-    pytest.param({"node_id": "n", "code": "x", "output_dir": 3}, "output_dir",
-                 id="output-dir-not-str"),
-    pytest.param({"node_id": "n", "code": "x", "timeout_s": 0}, "timeout_s", id="zero-timeout"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param({"code": "x"}, "node_id", id="missing-node-id"),
+        pytest.param({"node_id": True, "code": "x"}, "node_id", id="bool-node-id"),
+        pytest.param({"node_id": "n"}, "code", id="missing-code"),
+        pytest.param({"node_id": "n", "code": "x", "flow_id": "1"}, "flow_id", id="str-flow-id"),
+        pytest.param(
+            {"node_id": "n", "code": "x", "input_paths": {"main": "a"}},
+            "input_paths",
+            id="input-paths-not-lists",
+        ),
+        pytest.param(
+            {"node_id": "n", "code": "x", "output_dir": 3}, "output_dir", id="output-dir-not-str"
+        ),
+        pytest.param({"node_id": "n", "code": "x", "timeout_s": 0}, "timeout_s", id="zero-timeout"),
+    ],
+)
 def test_execute_request_from_json_names_the_bad_field(body, field):
     with pytest.raises(InvalidRequest, match=f"'{field}'"):
         ExecuteRequest.from_json(body)

@@ -63,16 +63,23 @@ def test_local_flight_uri_has_no_host() -> None:
 def test_remote_flight_uri_keeps_host_and_port() -> None:
     uri = parse_flight_uri("flight://127.0.0.1:8815/outputs/1/n1/result")
     assert (uri.path, uri.host, uri.port, uri.is_local) == (
-        OutputPath(1, "n1", "result"), "127.0.0.1", 8815, False)
+        OutputPath(1, "n1", "result"),
+        "127.0.0.1",
+        8815,
+        False,
+    )
     assert str(uri) == "flight://127.0.0.1:8815/outputs/1/n1/result"
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    pytest.param("flight:///tables/x", True, id="local"),
-    pytest.param("flight://h:1/tables/x", True, id="remote"),
-    pytest.param("/shared/in.parquet", False, id="file"),
-    pytest.param("grpc://h:1/tables/x", False, id="grpc"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("flight:///tables/x", True, id="local"),
+        pytest.param("flight://h:1/tables/x", True, id="remote"),
+        pytest.param("/shared/in.parquet", False, id="file"),
+        pytest.param("grpc://h:1/tables/x", False, id="grpc"),
+    ],
+)
 def test_is_flight_uri(value: str, expected: bool) -> None:
     assert is_flight_uri(value) is expected
 
@@ -85,8 +92,7 @@ BAD_TICKETS = [
     pytest.param(b"tables", "has 1 segments; a tables path has 2", id="tables-too-short"),
     pytest.param(b"tables/a/b", "has 3 segments; a tables path has 2", id="tables-too-long"),
     pytest.param(b"outputs/1/n", "has 3 segments; a outputs path has 4", id="outputs-short"),
-    pytest.param(b"artifacts/1/a/b", "has 4 segments; a artifacts path has 3",
-                 id="artifacts-long"),
+    pytest.param(b"artifacts/1/a/b", "has 4 segments; a artifacts path has 3", id="artifacts-long"),
     pytest.param(b"tables/..", "'..'", id="dotdot"),
     pytest.param(b"outputs/1/../x", "'..'", id="dotdot-node"),
     pytest.param(b"tables/.", "'.'", id="dot"),
@@ -105,33 +111,40 @@ def test_bad_ticket_is_invalid_request_naming_the_problem(raw: bytes, says: str)
     assert says in info.value.message
 
 
-@pytest.mark.parametrize(("segments", "says"), [
-    pytest.param([], "empty", id="no-segments"),
-    pytest.param([b""], "empty", id="one-empty-segment"),
-    pytest.param([b"tables", b"\xff"], "not valid UTF-8", id="not-utf8"),
-    pytest.param([b"nope", b"x"], "unknown Flight path kind 'nope'", id="unknown-kind"),
-    pytest.param([b"tables", b"a", b"b"], "has 3 segments", id="wrong-count"),
-    pytest.param([b"tables", b".."], "'..'", id="dotdot"),
-    pytest.param([b"artifacts", b"x", b"m"], "flow id 'x'", id="flow-id-not-int"),
-])
+@pytest.mark.parametrize(
+    ("segments", "says"),
+    [
+        pytest.param([], "empty", id="no-segments"),
+        pytest.param([b""], "empty", id="one-empty-segment"),
+        pytest.param([b"tables", b"\xff"], "not valid UTF-8", id="not-utf8"),
+        pytest.param([b"nope", b"x"], "unknown Flight path kind 'nope'", id="unknown-kind"),
+        pytest.param([b"tables", b"a", b"b"], "has 3 segments", id="wrong-count"),
+        pytest.param([b"tables", b".."], "'..'", id="dotdot"),
+        pytest.param([b"artifacts", b"x", b"m"], "flow id 'x'", id="flow-id-not-int"),
+    ],
+)
 def test_bad_descriptor_is_invalid_request(segments: list[bytes], says: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_descriptor_path(segments)
     assert says in info.value.message
 
 
-@pytest.mark.parametrize(("value", "says"), [
-    pytest.param("flight://", "empty", id="nothing"),
-    pytest.param("flight:///", "empty", id="no-path"),
-    pytest.param("flight:///things/x", "unknown Flight path kind 'things'", id="unknown-kind"),
-    pytest.param("flight:///tables/a/b", "has 3 segments", id="wrong-count"),
-    pytest.param("flight:///tables/..", "'..'", id="dotdot"),
-    pytest.param("flight:///artifacts/x/m", "flow id 'x'", id="flow-id-not-int"),
-    pytest.param("flight://host/tables/x", "flight://<host>:<port>/<path>", id="no-port"),
-    pytest.param("flight://host:port/tables/x", "flight://<host>:<port>/<path>",
-                 id="port-not-int"),
-    pytest.param("flight://:8815/tables/x", "flight://<host>:<port>/<path>", id="no-host"),
-])
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        pytest.param("flight://", "empty", id="nothing"),
+        pytest.param("flight:///", "empty", id="no-path"),
+        pytest.param("flight:///things/x", "unknown Flight path kind 'things'", id="unknown-kind"),
+        pytest.param("flight:///tables/a/b", "has 3 segments", id="wrong-count"),
+        pytest.param("flight:///tables/..", "'..'", id="dotdot"),
+        pytest.param("flight:///artifacts/x/m", "flow id 'x'", id="flow-id-not-int"),
+        pytest.param("flight://host/tables/x", "flight://<host>:<port>/<path>", id="no-port"),
+        pytest.param(
+            "flight://host:port/tables/x", "flight://<host>:<port>/<path>", id="port-not-int"
+        ),
+        pytest.param("flight://:8815/tables/x", "flight://<host>:<port>/<path>", id="no-host"),
+    ],
+)
 def test_bad_flight_uri_is_invalid_request(value: str, says: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_flight_uri(value)

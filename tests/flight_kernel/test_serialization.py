@@ -128,8 +128,9 @@ def test_lambda_travels_pickled_and_still_works() -> None:
 
 
 @pytest.fixture
-def user_object(kernel_server: KernelFlightServer,
-                flight_client: flight.FlightClient) -> Iterator[Any]:
+def user_object(
+    kernel_server: KernelFlightServer, flight_client: flight.FlightClient
+) -> Iterator[Any]:
     """An instance of a class that exists only in code the kernel executed."""
     code = (
         "class Model:\n"
@@ -140,8 +141,9 @@ def user_object(kernel_server: KernelFlightServer,
         "flowfile.publish_artifact('model', Model(3))\n"
     )
     body = json.dumps({"node_id": "train", "code": code, "flow_id": 1}).encode()
-    result = json.loads(next(iter(flight_client.do_action(flight.Action("execute", body))))
-                        .body.to_pybytes())
+    result = json.loads(
+        next(iter(flight_client.do_action(flight.Action("execute", body)))).body.to_pybytes()
+    )
     assert result["success"], result["error"]
     yield kernel_server.store.get_artifact(1, "model").obj
 
@@ -155,10 +157,13 @@ def test_instance_of_a_user_defined_class_travels_pickled(user_object: Any) -> N
     assert back.predict([1, 2]) == [3, 6]
 
 
-@pytest.mark.parametrize("obj", [
-    pytest.param(threading.Lock(), id="lock"),
-    pytest.param((i for i in range(3)), id="generator"),
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param(threading.Lock(), id="lock"),
+        pytest.param((i for i in range(3)), id="generator"),
+    ],
+)
 def test_unserializable_object_raises_serialization_failed_naming_it(obj: Any) -> None:
     with pytest.raises(SerializationFailed) as info:
         to_arrow(obj, "artifacts/4/handle")
@@ -167,13 +172,19 @@ def test_unserializable_object_raises_serialization_failed_naming_it(obj: Any) -
     assert type(obj).__name__ in message
 
 
-@pytest.mark.parametrize("table", [
-    pytest.param(pa.table({PICKLE_COLUMN: pa.array([b"not a pickle"], pa.large_binary())}),
-                 id="garbage-bytes"),
-    pytest.param(pa.table({PICKLE_COLUMN: pa.array([b"a", b"b"], pa.large_binary())}),
-                 id="two-rows"),
-    pytest.param(pa.table({"other": pa.array([b"a"], pa.large_binary())}), id="wrong-column"),
-])
+@pytest.mark.parametrize(
+    "table",
+    [
+        pytest.param(
+            pa.table({PICKLE_COLUMN: pa.array([b"not a pickle"], pa.large_binary())}),
+            id="garbage-bytes",
+        ),
+        pytest.param(
+            pa.table({PICKLE_COLUMN: pa.array([b"a", b"b"], pa.large_binary())}), id="two-rows"
+        ),
+        pytest.param(pa.table({"other": pa.array([b"a"], pa.large_binary())}), id="wrong-column"),
+    ],
+)
 def test_malformed_pickle_stream_is_invalid_request(table: pa.Table) -> None:
     table = table.replace_schema_metadata({SERIALIZER_KEY: PICKLE, TYPE_KEY: b"builtins.dict"})
     with pytest.raises(InvalidRequest):

@@ -60,20 +60,30 @@ def test_outputs_and_tables_are_separate(store):
 
 
 def test_clear_node_outputs_drops_only_that_nodes_outputs(store):
-    _put_outputs(store, OutputPath(1, "a", "output_0"), OutputPath(1, "a", "named"),
-                 OutputPath(1, "b", "output_0"), OutputPath(2, "a", "output_0"))
+    _put_outputs(
+        store,
+        OutputPath(1, "a", "output_0"),
+        OutputPath(1, "a", "named"),
+        OutputPath(1, "b", "output_0"),
+        OutputPath(2, "a", "output_0"),
+    )
 
     gone = store.clear_node_outputs(1, "a")
 
     assert sorted(map(str, gone)) == ["outputs/1/a/named", "outputs/1/a/output_0"]
-    assert sorted(map(str, store.paths("outputs/"))) == ["outputs/1/b/output_0",
-                                                          "outputs/2/a/output_0"]
+    assert sorted(map(str, store.paths("outputs/"))) == [
+        "outputs/1/b/output_0",
+        "outputs/2/a/output_0",
+    ]
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(TablePath("nope"), id="table"),
-    pytest.param(OutputPath(1, "n", "nope"), id="output"),
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(TablePath("nope"), id="table"),
+        pytest.param(OutputPath(1, "n", "nope"), id="output"),
+    ],
+)
 def test_missing_table_is_not_found_naming_the_path(store, path):
     with pytest.raises(NotFound, match=f"nothing stored at {path}"):
         store.get_table(path)
@@ -93,8 +103,9 @@ def test_big_batches_are_split_to_max_batch_rows(store):
 
 def test_big_outputs_are_split_to_max_batch_rows(store):
     rows = MAX_BATCH_ROWS + 1
-    store.put_output(OutputPath(1, "n", "o"),
-                     pa.table({"x": pa.array(np.ones(rows, dtype=np.int8))}))
+    store.put_output(
+        OutputPath(1, "n", "o"), pa.table({"x": pa.array(np.ones(rows, dtype=np.int8))})
+    )
     served = _served(store, OutputPath(1, "n", "o"))
     assert [len(b) for b in served.to_batches()] == [MAX_BATCH_ROWS, 1]
 
@@ -128,10 +139,13 @@ def test_the_same_node_may_publish_again(store):
     assert store.get_artifact(1, "model").obj == 2
 
 
-@pytest.mark.parametrize(("first", "second"), [
-    pytest.param(7, "7", id="int-then-str"),
-    pytest.param("7", 7, id="str-then-int"),
-])
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param(7, "7", id="int-then-str"),
+        pytest.param("7", 7, id="str-then-int"),
+    ],
+)
 def test_node_ids_compare_by_string_form_when_publishing(store, first, second):
     store.publish_artifact(1, first, "model", 1)
     store.publish_artifact(1, second, "model", 2)
@@ -229,11 +243,14 @@ def test_clear_node_artifacts_leaves_uploaded_artifacts(store):
     assert _names(store.list_artifacts()) == ["uploaded"]
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(TablePath("t"), id="table"),
-    pytest.param(OutputPath(1, "n", "o"), id="output"),
-    pytest.param(ArtifactPath(1, "a"), id="artifact"),
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(TablePath("t"), id="table"),
+        pytest.param(OutputPath(1, "n", "o"), id="output"),
+        pytest.param(ArtifactPath(1, "a"), id="artifact"),
+    ],
+)
 def test_delete_removes_what_is_at_a_path(store, path):
     store.put_table(TablePath("t"), pa.table({"x": [1]}))
     store.put_output(OutputPath(1, "n", "o"), pa.table({"x": [1]}))
@@ -253,10 +270,13 @@ def test_delete_artifact_returns_it(store):
     assert store.list_artifacts() == []
 
 
-@pytest.mark.parametrize("act", [
-    pytest.param(lambda s: s.get_artifact(1, "missing"), id="get"),
-    pytest.param(lambda s: s.delete_artifact(1, "missing"), id="delete"),
-])
+@pytest.mark.parametrize(
+    "act",
+    [
+        pytest.param(lambda s: s.get_artifact(1, "missing"), id="get"),
+        pytest.param(lambda s: s.delete_artifact(1, "missing"), id="delete"),
+    ],
+)
 def test_missing_artifact_message_names_what_exists_in_the_flow(store, act):
     store.publish_artifact(1, "n", "beta", 1)
     store.publish_artifact(1, "n", "alpha", 2)

@@ -13,8 +13,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PROJECT = "kernel-runtime"
-HEADER = ("# Versions the image installs: kernel-runtime's runtime dependencies as installed in\n"
-          "# the development venv. Regenerate with `make constraints`.\n")
+HEADER = (
+    "# Versions the image installs: kernel-runtime's runtime dependencies as installed in\n"
+    "# the development venv. Regenerate with `make constraints`.\n"
+)
 
 
 def _wanted(req: Requirement, extras: frozenset[str]) -> bool:

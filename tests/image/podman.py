@@ -49,22 +49,31 @@ CONTAINER_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 NETWORK_ENV = "KERNEL_IMAGE_TEST_NETWORK"
 PODMAN_NPROC = 32768  # podman lowers its own RLIMIT_NPROC to this before starting runc
 # pip options (as `pip config list` names them) that mean the same inside a container.
-PIP_OPTIONS = {"index-url": "PIP_INDEX_URL", "extra-index-url": "PIP_EXTRA_INDEX_URL",
-               "trusted-host": "PIP_TRUSTED_HOST", "default-timeout": "PIP_DEFAULT_TIMEOUT",
-               "proxy": "PIP_PROXY"}
+PIP_OPTIONS = {
+    "index-url": "PIP_INDEX_URL",
+    "extra-index-url": "PIP_EXTRA_INDEX_URL",
+    "trusted-host": "PIP_TRUSTED_HOST",
+    "default-timeout": "PIP_DEFAULT_TIMEOUT",
+    "proxy": "PIP_PROXY",
+}
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 START_DEADLINE_S = 300.0  # pip-installing KERNEL_PACKAGES over a slow index counts too
 BUILD_TIMEOUT_S = 1800.0
 
 
-def run(argv: Sequence[str], *, timeout: float = 600.0, check: bool = True,
-        **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str], *, timeout: float = 600.0, check: bool = True, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run a command; when `check`, a failure fails the test with the command's output."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                          check=False, **kwargs)
+    proc = subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} failed with exit code {proc.returncode}:\n"
-                    f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}", pytrace=False)
+        pytest.fail(
+            f"{' '.join(argv)} failed with exit code {proc.returncode}:\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}",
+            pytrace=False,
+        )
     return proc
 
 
@@ -79,8 +88,10 @@ def ensure_tools() -> None:
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(f"podman cannot run containers here: {', '.join(missing)} missing, and "
-                    "installing them needs root and apt-get")
+        pytest.skip(
+            f"podman cannot run containers here: {', '.join(missing)} missing, and "
+            "installing them needs root and apt-get"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", "update", "-q"], env=env)
     run(["apt-get", "install", "-y", "-q", *missing], env=env)
@@ -150,12 +161,20 @@ def base_image() -> str:
         return BASE_TAG
     with tempfile.TemporaryDirectory(prefix="kernel-runtime-base-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", BASE_SUITE,
-             str(rootfs), DEBIAN_MIRROR], timeout=1200)
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={BASE_PACKAGES}",
+                BASE_SUITE,
+                str(rootfs),
+                DEBIAN_MIRROR,
+            ],
+            timeout=1200,
+        )
         # An imported tarball has no config at all: give it the usual PATH and shell.
         changes = ["--change", f"ENV PATH={STANDARD_PATH}", "--change", 'CMD ["/bin/bash"]']
-        with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."],
-                              stdout=subprocess.PIPE) as tar:
+        with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
             podman("import", *changes, "-", BASE_TAG, stdin=tar.stdout, timeout=600)
         assert tar.returncode == 0, f"tar of the debootstrap root failed ({tar.returncode})"
     return BASE_TAG
@@ -175,9 +194,20 @@ def build_image(base: str) -> str:
     previous = _image_id(IMAGE_TAG)
     build_args = [f"--build-arg={name}={value}" for name, value in env.items()]
     # --format docker: the OCI format has no HEALTHCHECK and podman would drop it.
-    podman("build", "--format", "docker", "--network", "host", *mounts, *build_args,
-           f"--build-arg=BASE_IMAGE={base}", "--tag", IMAGE_TAG, str(ROOT),
-           timeout=BUILD_TIMEOUT_S)
+    podman(
+        "build",
+        "--format",
+        "docker",
+        "--network",
+        "host",
+        *mounts,
+        *build_args,
+        f"--build-arg=BASE_IMAGE={base}",
+        "--tag",
+        IMAGE_TAG,
+        str(ROOT),
+        timeout=BUILD_TIMEOUT_S,
+    )
     if previous is not None and previous != _image_id(IMAGE_TAG):
         podman("rmi", previous, check=False)  # its layers would pile up build after build
     return IMAGE_TAG
@@ -231,11 +261,16 @@ class Container:
                     body: dict[str, Any] = response.json()
                     return body
             if self.state() != "running":
-                pytest.fail(f"container {self.name} stopped before it was healthy:\n"
-                            f"{self.logs()}", pytrace=False)
+                pytest.fail(
+                    f"container {self.name} stopped before it was healthy:\n{self.logs()}",
+                    pytrace=False,
+                )
             if time.monotonic() > deadline:
-                pytest.fail(f"container {self.name} not healthy within {START_DEADLINE_S:g} s:"
-                            f"\n{self.logs()}", pytrace=False)
+                pytest.fail(
+                    f"container {self.name} not healthy within {START_DEADLINE_S:g} s:"
+                    f"\n{self.logs()}",
+                    pytrace=False,
+                )
             time.sleep(0.2)  # a polling interval
 
 
@@ -253,8 +288,9 @@ def _network_args() -> tuple[list[str], dict[str, str]]:
 
 
 @contextlib.contextmanager
-def running(image: str, env: dict[str, str] | None = None,
-            volumes: dict[Path, str] | None = None) -> Iterator[Container]:
+def running(
+    image: str, env: dict[str, str] | None = None, volumes: dict[Path, str] | None = None
+) -> Iterator[Container]:
     """Run `image` detached; the container is removed on exit, whatever happened."""
     name = f"kernel-runtime-test-{uuid.uuid4().hex[:10]}"
     mounts, pip_env = pip_access()
@@ -266,8 +302,9 @@ def running(image: str, env: dict[str, str] | None = None,
     podman(*args, image)
     try:
         if port_env:
-            yield Container(name, int(port_env["KERNEL_HTTP_PORT"]),
-                            int(port_env["KERNEL_FLIGHT_PORT"]))
+            yield Container(
+                name, int(port_env["KERNEL_HTTP_PORT"]), int(port_env["KERNEL_FLIGHT_PORT"])
+            )
         else:
             yield Container(name, _published_port(name, 9999), _published_port(name, 8815))
     finally:

@@ -14,4 +14,5 @@ def test_constraints_pin_the_runtime_dependencies() -> None:
     needed = set(runtime_closure())
     assert pinned == needed, (
         f"constraints.txt is out of step with pyproject.toml (missing {sorted(needed - pinned)}, "
-        f"extra {sorted(pinned - needed)}): run `make constraints`")
+        f"extra {sorted(pinned - needed)}): run `make constraints`"
+    )

@@ -37,14 +37,21 @@ def test_health_and_healthcheck(kernel: podman.Container, http: httpx.Client) ->
 
 
 def test_complete_example_over_shared_volume(http: httpx.Client, shared_dir: Path) -> None:
-    pl.DataFrame({
-        "status": ["active", "active", "inactive", "active"],
-        "category": ["a", "b", "a", "a"],
-        "amount": [1, 2, 40, 3],
-    }).write_parquet(shared_dir / "input.parquet")
+    pl.DataFrame(
+        {
+            "status": ["active", "active", "inactive", "active"],
+            "category": ["a", "b", "a", "a"],
+            "amount": [1, 2, 40, 3],
+        }
+    ).write_parquet(shared_dir / "input.parquet")
 
-    result = execute(http, COMPLETE_EXAMPLE, input_paths={"main": ["/shared/input.parquet"]},
-                     output_dir="/shared/output", flow_id=1)
+    result = execute(
+        http,
+        COMPLETE_EXAMPLE,
+        input_paths={"main": ["/shared/input.parquet"]},
+        output_dir="/shared/output",
+        flow_id=1,
+    )
 
     assert result["success"], result
     assert result["output_paths"] == ["/shared/output/output_0.parquet"]
@@ -52,8 +59,9 @@ def test_complete_example_over_shared_volume(http: httpx.Client, shared_dir: Pat
     written = pl.read_parquet(shared_dir / "output" / "output_0.parquet").sort("category")
     assert written.to_dicts() == [{"category": "a", "total": 4}, {"category": "b", "total": 2}]
     listed = http.get("/artifacts").json()
-    assert [(a["name"], a["flow_id"], a["node_id"]) for a in listed] == \
-        [("category_totals", 1, "node_1")]
+    assert [(a["name"], a["flow_id"], a["node_id"]) for a in listed] == [
+        ("category_totals", 1, "node_1")
+    ]
 
 
 def test_flight_round_trip(kernel: podman.Container) -> None:
@@ -72,8 +80,10 @@ def test_extra_package_is_not_preinstalled(http: httpx.Client) -> None:
 
 
 def test_kernel_packages_installed_at_start(image: str) -> None:
-    with (podman.running(image, env={"KERNEL_PACKAGES": EXTRA_PACKAGE}) as container,
-          httpx.Client(base_url=container.http_url, timeout=120.0) as http):
+    with (
+        podman.running(image, env={"KERNEL_PACKAGES": EXTRA_PACKAGE}) as container,
+        httpx.Client(base_url=container.http_url, timeout=120.0) as http,
+    ):
         container.wait_healthy(http)
         result = execute(http, USES_EXTRA_PACKAGE)
         assert result["success"], result
@@ -82,8 +92,10 @@ def test_kernel_packages_installed_at_start(image: str) -> None:
 
 
 def test_sigterm_stops_the_server_cleanly(image: str) -> None:
-    with (podman.running(image) as container,
-          httpx.Client(base_url=container.http_url, timeout=120.0) as http):
+    with (
+        podman.running(image) as container,
+        httpx.Client(base_url=container.http_url, timeout=120.0) as http,
+    ):
         container.wait_healthy(http)
         # `podman stop` sends SIGTERM to PID 1: the server itself, since entrypoint.sh execs it.
         podman.podman("stop", "--time", "30", container.name)
