@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -17,9 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from control.handle import KernelHandle
+from control.processes import LocalKernelProcess
+from control.router import KernelRouter
 from control.routes import open_router, require_token, router
 from control.schemas import ErrorBody
-from control.supervisor import KernelHandle, KernelSupervisor
 from flight_kernel import __version__
 from flight_kernel.errors import (
     Conflict,
@@ -29,12 +32,15 @@ from flight_kernel.errors import (
     NotFound,
     SerializationFailed,
     Unauthenticated,
+    lookup,
 )
 from flight_kernel.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# Looked up along the MRO: a subclass (ConnectionLost is a KernelUnavailable) needs no row.
 HTTP_STATUS: dict[type[KernelError], int] = {
+    KernelError: 500,
     NotFound: 404,
     InvalidRequest: 422,
     Conflict: 409,
@@ -54,7 +60,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _kernel_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, KernelError)
-    status = next((code for cls, code in HTTP_STATUS.items() if isinstance(exc, cls)), 500)
+    status = lookup(HTTP_STATUS, exc) or 500
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     detail: Any = exc.message
     if status == 422:  # the shape of FastAPI's own 422s, so one schema documents both
@@ -93,20 +99,25 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
-def create_app(settings: Settings | None = None, kernel: KernelHandle | None = None) -> FastAPI:
-    """The control plane; without `kernel` it supervises its own kernel process."""
+def local_kernels(settings: Settings) -> KernelRouter:
+    """The kernels of a service on this machine: one supervised child process."""
+    return KernelRouter(KernelHandle(LocalKernelProcess(settings), settings))
+
+
+def create_app(settings: Settings | None = None, kernels: KernelRouter | None = None) -> FastAPI:
+    """The control plane; without `kernels` it supervises its own kernel process."""
     settings = settings or Settings.from_env()
-    handle = kernel or KernelSupervisor(settings)
+    router_ = kernels or local_kernels(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Executions block a worker thread each: never let long ones starve the others.
         anyio.to_thread.current_default_thread_limiter().total_tokens = 512
-        await run_in_threadpool(handle.start)
+        await run_in_threadpool(router_.start)
         try:
             yield
         finally:
-            await run_in_threadpool(handle.stop)
+            await run_in_threadpool(router_.stop)
 
     app = FastAPI(
         title="Kernel runtime",
@@ -116,7 +127,7 @@ def create_app(settings: Settings | None = None, kernel: KernelHandle | None = N
         "Arrow Flight; this is the control plane.",
     )
     app.state.settings = settings
-    app.state.kernel = handle
+    app.state.kernels = router_
     app.add_exception_handler(KernelError, _kernel_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -127,8 +138,13 @@ def create_app(settings: Settings | None = None, kernel: KernelHandle | None = N
     return app
 
 
+@functools.cache
+def _app_from_env() -> FastAPI:
+    return create_app()
+
+
 def __getattr__(name: str) -> Any:
-    """`uvicorn control.app:app` builds the app from the environment on first access."""
+    """`uvicorn control.app:app` builds the app from the environment once, on first access."""
     if name == "app":
-        return create_app()
+        return _app_from_env()
     raise AttributeError(name)

@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = Settings.from_env()
     overrides = {"host": args.host, "http_port": args.port, "flight_port": args.flight_port}
-    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v})
+    settings = dataclasses.replace(
+        settings, **{k: v for k, v in overrides.items() if v is not None}
+    )
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s control %(levelname)s %(name)s: %(message)s"
     )

@@ -1,10 +1,9 @@
-"""The HTTP endpoints: each validates, forwards one Flight action, and passes the JSON on."""
+"""The HTTP endpoints: each validates, asks the router for its kernel(s), passes JSON on."""
 
 from __future__ import annotations
 
 import functools
 import hmac
-import json
 import os
 from typing import Annotated, Any
 
@@ -13,26 +12,24 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from control.router import KernelRouter, merge_dicts_of_lists, merge_lists
 from control.schemas import (
     ArtifactRecord,
-    ClearNodeArtifactsRequest,
     ClearResponse,
-    ExecuteRequest,
     ExecuteResponse,
     HealthResponse,
-    InterruptRequest,
     InterruptResponse,
 )
-from control.supervisor import KernelHandle
 from flight_kernel import __version__
 from flight_kernel.errors import KernelUnavailable, Unauthenticated
+from flight_kernel.requests import ClearNodeArtifactsRequest, ExecuteRequest, InterruptRequest
 
 _bearer = HTTPBearer(auto_error=False, description="KERNEL_AUTH_TOKEN, when it is set")
 
 
-async def kernel(request: Request) -> KernelHandle:
-    handle: KernelHandle = request.app.state.kernel
-    return handle
+async def kernels(request: Request) -> KernelRouter:
+    router: KernelRouter = request.app.state.kernels
+    return router
 
 
 async def require_token(
@@ -47,7 +44,7 @@ async def require_token(
         raise Unauthenticated("missing or invalid bearer token")
 
 
-Kernel = Annotated[KernelHandle, Depends(kernel)]
+Kernels = Annotated[KernelRouter, Depends(kernels)]
 FlowId = Annotated[int | None, Query(description="only this flow")]
 
 
@@ -64,63 +61,87 @@ router = APIRouter()  # create_app adds `require_token` when a token is set
     response_model=HealthResponse,
     responses={503: {"description": "the kernel is (re)starting"}},
 )
-async def health(kernel: Kernel) -> Response:
+async def health(kernels: Kernels) -> Response:
     """Service health; 503 with status 'starting' while the kernel (re)starts."""
-    status = kernel.status()
-    extra = {"restarts": status["restarts"], "supervisor_pid": os.getpid()}
-    if status["state"] == "healthy":
+    (handle,) = kernels.all()  # one kernel serves every flow today
+    status = handle.status()
+    extra = {"restarts": status.restarts, "supervisor_pid": os.getpid()}
+    if status.state == "healthy":
         try:
-            body: dict[str, Any] = json.loads(
-                await run_in_threadpool(functools.partial(kernel.call, "health", wait=False))
+            body: dict[str, Any] = await run_in_threadpool(
+                functools.partial(handle.call_json, "health", wait=False)
             )
-            return JSONResponse({**body, **extra, "kernel_pid": body.get("kernel_pid")})
+            return JSONResponse({**body, **extra})
         except KernelUnavailable:
             pass
-    return JSONResponse(
-        {
-            "status": "starting",
-            "version": __version__,
-            "artifact_count": None,
-            **extra,
-            "kernel_pid": status["kernel_pid"],
-        },
-        status_code=503,
-    )
+    starting = {"status": "starting", "version": __version__, "artifact_count": None}
+    return JSONResponse({**starting, **extra, "kernel_pid": status.pid}, status_code=503)
 
 
 @router.post("/execute", response_model=ExecuteResponse)
-async def execute(req: ExecuteRequest, kernel: Kernel) -> Response:
-    """Run code in the kernel (HTTP 200 also when the code fails)."""
-    return _json(await run_in_threadpool(kernel.execute, req.model_dump()))
+async def execute(req: ExecuteRequest, kernels: Kernels) -> Response:
+    """Run code in the flow's kernel (HTTP 200 also when the code fails)."""
+    return _json(await run_in_threadpool(kernels.for_flow(req.flow_id).execute, req))
+
+
+async def _artifacts(kernels: KernelRouter, flow_id: int | None, node_id: str | None) -> Any:
+    body = {"flow_id": flow_id, "node_id": node_id}
+    if flow_id is not None:
+        return _json(
+            await run_in_threadpool(kernels.for_flow(flow_id).call, "list_artifacts", body)
+        )
+    merged = await run_in_threadpool(
+        kernels.fan_out, lambda h: h.call("list_artifacts", body), merge_lists
+    )
+    return JSONResponse(merged)
 
 
 @router.get("/artifacts", response_model=list[ArtifactRecord])
-async def list_artifacts(kernel: Kernel, flow_id: FlowId = None) -> Response:
+async def list_artifacts(kernels: Kernels, flow_id: FlowId = None) -> Response:
     """All artifacts, or one flow's."""
-    return _json(await run_in_threadpool(kernel.call, "list_artifacts", {"flow_id": flow_id}))
+    response: Response = await _artifacts(kernels, flow_id, None)
+    return response
 
 
 @router.get("/artifacts/node/{node_id}", response_model=list[ArtifactRecord])
-async def list_node_artifacts(node_id: str, kernel: Kernel, flow_id: FlowId = None) -> Response:
+async def list_node_artifacts(node_id: str, kernels: Kernels, flow_id: FlowId = None) -> Response:
     """The artifacts one node published (node ids compare by their string form)."""
-    body = {"flow_id": flow_id, "node_id": node_id}
-    return _json(await run_in_threadpool(kernel.call, "list_artifacts", body))
+    response: Response = await _artifacts(kernels, flow_id, node_id)
+    return response
 
 
 @router.post("/clear", response_model=ClearResponse)
-async def clear(kernel: Kernel, flow_id: FlowId = None) -> Response:
-    """Drop everything the kernel holds, or one flow's artifacts and outputs."""
-    return _json(await run_in_threadpool(kernel.call, "clear", {"flow_id": flow_id}))
+async def clear(kernels: Kernels, flow_id: FlowId = None) -> Response:
+    """Drop everything the kernels hold, or one flow's artifacts and outputs."""
+    body = {"flow_id": flow_id}
+    if flow_id is not None:
+        return _json(await run_in_threadpool(kernels.for_flow(flow_id).call, "clear", body))
+    merged = await run_in_threadpool(
+        kernels.fan_out, lambda h: h.call("clear", body), merge_dicts_of_lists
+    )
+    return JSONResponse(merged)
 
 
 @router.post("/clear_node_artifacts", response_model=ClearResponse)
-async def clear_node_artifacts(req: ClearNodeArtifactsRequest, kernel: Kernel) -> Response:
+async def clear_node_artifacts(req: ClearNodeArtifactsRequest, kernels: Kernels) -> Response:
     """Drop the artifacts the given nodes published."""
-    return _json(await run_in_threadpool(kernel.call, "clear_node_artifacts", req.model_dump()))
+    body = req.model_dump()
+    if req.flow_id is not None:
+        handle = kernels.for_flow(req.flow_id)
+        return _json(await run_in_threadpool(handle.call, "clear_node_artifacts", body))
+    merged = await run_in_threadpool(
+        kernels.fan_out, lambda h: h.call("clear_node_artifacts", body), merge_dicts_of_lists
+    )
+    return JSONResponse(merged)
 
 
 @router.post("/interrupt", response_model=InterruptResponse)
-async def interrupt(kernel: Kernel, req: InterruptRequest | None = None) -> Response:
-    """Interrupt running executions (all, one flow's, or one node's)."""
-    body = req.model_dump() if req is not None else {}
-    return _json(await run_in_threadpool(kernel.interrupt, body))
+async def interrupt(kernels: Kernels, req: InterruptRequest | None = None) -> Response:
+    """Interrupt running executions (all, one flow's, one node's, or one by execution_id)."""
+    req = req or InterruptRequest()
+    if req.flow_id is not None:
+        return _json(await run_in_threadpool(kernels.for_flow(req.flow_id).interrupt, req))
+    merged = await run_in_threadpool(
+        kernels.fan_out, lambda h: h.interrupt(req), merge_dicts_of_lists
+    )
+    return JSONResponse(merged)

@@ -1,32 +1,18 @@
-"""The HTTP bodies, with the contract's exact field names."""
+"""The HTTP response bodies, with the contract's exact field names.
+
+Request bodies are `flight_kernel.requests` (one definition for both edges); the execute
+response mirrors `flight_kernel.results.ExecutionResult` field for field (a test keeps them
+equal).
+"""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
 
-NodeId = StrictStr | StrictInt
-
-
-class ExecuteRequest(BaseModel):
-    """Body of POST /execute; unknown fields are ignored."""
-
-    node_id: NodeId = Field(description="the node this code belongs to (string or int)")
-    code: StrictStr = Field(description="Python source")
-    input_paths: dict[StrictStr, list[StrictStr]] = Field(
-        default_factory=dict, description="input name -> file paths or flight:// URIs"
-    )
-    output_dir: StrictStr = Field("", description="parquet output directory; empty -> Flight")
-    flow_id: StrictInt = Field(0, description="isolation key for artifacts")
-    timeout_s: float | None = Field(
-        None,
-        gt=0,
-        le=threading.TIMEOUT_MAX,  # a timer's max wait
-        strict=True,  # no `true`, no "1"
-        description="wall-clock limit in seconds",
-    )
+from flight_kernel.requests import NodeId
+from flight_kernel.results import ErrorKind
 
 
 class LogRecord(BaseModel):
@@ -42,19 +28,24 @@ class ExecuteResponse(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    success: bool
-    output_paths: list[str]
+    success: bool = Field(description="user code ran to the end")
+    flow_id: int
+    node_id: NodeId
+    execution_id: str = Field(description="the request's, or the one the service minted")
+    output_paths: list[str] = Field(description="every output written, in publish order")
     published_artifacts: list[str]
     deleted_artifacts: list[str]
     stdout: str
     stderr: str
-    error: str | None
-    traceback: str | None
-    execution_time_ms: float
+    error: str | None = Field(description='"<ExceptionType>: <message>" on failure')
+    error_kind: ErrorKind | None = None
+    traceback: str | None = Field(description="the user-code traceback")
     logs: list[LogRecord] = []
-    error_kind: str | None = None
+    display_outputs: list[dict[str, Any]] = []
+    execution_time_ms: float
     kernel_restarted: bool = False
     lost_state: list[str] = []
+    exit_code: int | None = Field(None, description="the dead kernel's exit code or -signal")
 
 
 class ArtifactRecord(BaseModel):
@@ -66,19 +57,10 @@ class ArtifactRecord(BaseModel):
     flow_id: int
     node_id: NodeId | None
     type_name: str
+    module: str
     size_bytes: int
     created_at: str
     ticket: str
-
-
-class ClearNodeArtifactsRequest(BaseModel):
-    node_ids: list[NodeId]
-    flow_id: StrictInt | None = None
-
-
-class InterruptRequest(BaseModel):
-    flow_id: StrictInt | None = None
-    node_id: NodeId | None = None
 
 
 class ClearResponse(BaseModel):

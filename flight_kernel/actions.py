@@ -1,124 +1,106 @@
-"""The `do_action` operations: JSON in, JSON out, shaped like the HTTP responses."""
+"""The `do_action` operations: JSON in, JSON out, shaped like the HTTP responses.
+
+Each action names its request model (validated with `requests.parse`) and a handler that
+calls the `Kernel` and shapes the dataclasses it returns.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from flight_kernel import __version__
 from flight_kernel.errors import InvalidRequest
-from flight_kernel.executor import ExecuteRequest, Executor
+from flight_kernel.kernel import Cleared, Kernel
 from flight_kernel.paths import from_segments
-from flight_kernel.store import Store
-
-Handler = Callable[[dict[str, Any]], Any]
-
-
-def _optional_int(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"field {key!r} must be an integer")
-    return value
-
-
-def _optional_node(body: dict[str, Any], key: str = "node_id") -> str | int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidRequest(f"field {key!r} must be a string or an integer")
-    return value
+from flight_kernel.requests import (
+    Body,
+    ClearNodeArtifactsRequest,
+    DeleteRequest,
+    EmptyRequest,
+    ExecuteRequest,
+    FlowFilter,
+    InterruptRequest,
+    ListArtifactsRequest,
+    parse,
+)
 
 
-class Actions:
-    """Dispatches action names to handlers over the store and the executor."""
+def cleared_json(cleared: Cleared) -> dict[str, Any]:
+    """The body of `/clear` and `/clear_node_artifacts`."""
+    return {
+        "status": "cleared",
+        "removed": [name for _, name in cleared.artifacts],
+        "removed_artifacts": [{"flow_id": f, "name": n} for f, n in cleared.artifacts],
+        "removed_outputs": list(cleared.outputs),
+        "removed_tables": list(cleared.tables),
+    }
 
-    def __init__(self, store: Store, executor: Executor, location: str = "") -> None:
-        self._store = store
-        self._executor = executor
-        self._location = location
-        self._started = time.monotonic()
-        self._handlers: dict[str, tuple[Handler, str]] = {
-            "execute": (self.execute, "run code: the /execute body and response"),
-            "list_artifacts": (self.list_artifacts, "artifact records: {flow_id?, node_id?}"),
-            "clear": (self.clear, "drop everything, or one flow's: {flow_id?}"),
-            "clear_node_artifacts": (
-                self.clear_node_artifacts,
-                "drop nodes' artifacts: {node_ids, flow_id?}",
-            ),
-            "interrupt": (self.interrupt, "interrupt executions: {flow_id?, node_id?}"),
-            "health": (self.health, "status, version, counts, pid"),
-            "delete": (self.delete, "remove one Flight path: {path}"),
-        }
 
-    def descriptions(self) -> list[tuple[str, str]]:
-        return [(name, desc) for name, (_, desc) in self._handlers.items()]
+@dataclass(frozen=True)
+class Action:
+    """One action: what its body must be, what it does, and a line for `list_actions`."""
 
-    def handle(self, name: str, raw: bytes) -> bytes:
-        """Run action `name` on a JSON body; return the JSON result."""
-        entry = self._handlers.get(name)
-        if entry is None:
-            raise InvalidRequest(f"unknown action {name!r} (known: {', '.join(self._handlers)})")
-        try:
-            body = json.loads(raw) if raw.strip() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise InvalidRequest(f"body of action {name!r} is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest(f"body of action {name!r} must be a JSON object")
-        return json.dumps(entry[0](body), default=str).encode()
+    model: type[Body]
+    run: Callable[[Kernel, Any], Any]
+    description: str
 
-    def execute(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._executor.execute(ExecuteRequest.from_json(body))
 
-    def list_artifacts(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        found = self._store.list_artifacts(_optional_int(body, "flow_id"), _optional_node(body))
-        return [a.record() for a in found]
+ACTIONS: dict[str, Action] = {
+    "execute": Action(
+        ExecuteRequest,
+        lambda k, r: k.execute(r).to_json(),
+        "run code: the /execute body and response",
+    ),
+    "list_artifacts": Action(
+        ListArtifactsRequest,
+        lambda k, r: [a.to_json() for a in k.list_artifacts(r.flow_id, r.node_id)],
+        "artifact records: {flow_id?, node_id?}",
+    ),
+    "clear": Action(
+        FlowFilter,
+        lambda k, r: cleared_json(k.clear(r.flow_id)),
+        "drop everything, or one flow's: {flow_id?}",
+    ),
+    "clear_node_artifacts": Action(
+        ClearNodeArtifactsRequest,
+        lambda k, r: cleared_json(k.clear_node_artifacts(r.node_ids, r.flow_id)),
+        "drop nodes' artifacts: {node_ids, flow_id?}",
+    ),
+    "interrupt": Action(
+        InterruptRequest,
+        lambda k, r: {"interrupted": [dataclasses.asdict(e) for e in k.interrupt(r)]},
+        "interrupt executions: {flow_id?, node_id?, execution_id?}",
+    ),
+    "health": Action(
+        EmptyRequest,
+        lambda k, r: dataclasses.asdict(k.health()),
+        "status, version, counts, running executions, pid",
+    ),
+    "delete": Action(
+        DeleteRequest,
+        lambda k, r: _delete(k, r.path),
+        "remove one Flight path: {path}",
+    ),
+}
 
-    def clear(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"status": "cleared", **self._store.clear(_optional_int(body, "flow_id"))}
 
-    def clear_node_artifacts(self, body: dict[str, Any]) -> dict[str, Any]:
-        node_ids = body.get("node_ids")
-        if not isinstance(node_ids, list) or not all(
-            isinstance(n, str | int) and not isinstance(n, bool) for n in node_ids
-        ):
-            raise InvalidRequest(
-                "field 'node_ids' is required and must be a list of strings or integers"
-            )
-        gone = self._store.clear_node_artifacts(node_ids, _optional_int(body, "flow_id"))
-        return {
-            "status": "cleared",
-            "removed": [a.name for a in gone],
-            "removed_artifacts": [{"flow_id": a.flow_id, "name": a.name} for a in gone],
-        }
+def _delete(kernel: Kernel, raw: str) -> dict[str, str]:
+    path = from_segments(raw.split("/"))
+    kernel.delete(path)
+    return {"deleted": str(path)}
 
-    def interrupt(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "interrupted": self._executor.interrupt(
-                _optional_int(body, "flow_id"), _optional_node(body)
-            )
-        }
 
-    def health(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "status": "healthy",
-            "version": __version__,
-            **self._store.counts(),
-            "running": self._executor.running(),
-            "kernel_pid": os.getpid(),
-            "flight_location": self._location,
-            "uptime_s": round(time.monotonic() - self._started, 3),
-        }
+def descriptions() -> list[tuple[str, str]]:
+    return [(name, a.description) for name, a in ACTIONS.items()]
 
-    def delete(self, body: dict[str, Any]) -> dict[str, Any]:
-        path = body.get("path")
-        if not isinstance(path, str):
-            raise InvalidRequest("field 'path' is required and must be a Flight path string")
-        parsed = from_segments(path.split("/"))
-        self._store.delete(parsed)
-        return {"deleted": str(parsed)}
+
+def handle(kernel: Kernel, name: str, raw: bytes) -> bytes:
+    """Run action `name` on a JSON body; return the JSON result."""
+    action = ACTIONS.get(name)
+    if action is None:
+        raise InvalidRequest(f"unknown action {name!r} (known: {', '.join(ACTIONS)})")
+    request = parse(action.model, raw, f"action {name!r}")
+    return json.dumps(action.run(kernel, request), default=str).encode()

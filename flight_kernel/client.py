@@ -8,16 +8,26 @@ with KernelClient("http://127.0.0.1:9999", "grpc://127.0.0.1:8815") as kc:
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 import httpx
 import pyarrow as pa
 import pyarrow.flight as flight
+import pydantic
 
 from flight_kernel.auth import call_options
+from flight_kernel.errors import (
+    ConnectionLost,
+    DeadlineExceeded,
+    InvalidRequest,
+    KernelError,
+    decode_error,
+)
+from flight_kernel.flight_errors import client_errors
 from flight_kernel.paths import (
     ArtifactPath,
     FlightPath,
@@ -27,31 +37,49 @@ from flight_kernel.paths import (
     local_uri,
     parse_flight_uri,
 )
+from flight_kernel.requests import ExecuteRequest, describe_errors
+from flight_kernel.results import ExecutionResult
 from flight_kernel.serialization import as_arrow_table, from_arrow, is_table_like, to_arrow
 
 
-@dataclass(frozen=True)
-class ExecuteResult:
-    """The response of an execution."""
+def _http_error(response: httpx.Response, what: str) -> KernelError:
+    """The refusal an error response names (`error_kind`), with the service's own detail."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    kind = body.get("error_kind") if isinstance(body, dict) else None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):  # FastAPI's 422: one entry per bad field
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}"
+            for d in detail
+            if isinstance(d, dict)
+        )
+    message = f"{what} answered {response.status_code}: {detail or response.text}"
+    if kind is None:
+        kind = _STATUS_KINDS.get(response.status_code, "KernelError")
+    return decode_error(kind, message)
 
-    success: bool
-    output_paths: list[str]
-    published_artifacts: list[str]
-    deleted_artifacts: list[str]
-    stdout: str
-    stderr: str
-    error: str | None
-    traceback: str | None
-    execution_time_ms: float
-    logs: list[dict[str, Any]] = field(default_factory=list)
-    kernel_restarted: bool = False
-    lost_state: list[str] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> ExecuteResult:
-        names = set(cls.__dataclass_fields__) - {"raw"}
-        return cls(**{k: v for k, v in body.items() if k in names}, raw=body)
+_STATUS_KINDS = {
+    401: "Unauthenticated",
+    404: "NotFound",
+    409: "Conflict",
+    422: "InvalidRequest",
+    503: "KernelUnavailable",
+}
+
+
+@contextlib.contextmanager
+def _http_errors(what: str) -> Iterator[None]:
+    """The one place where httpx's errors become `KernelError`s."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise DeadlineExceeded(f"{what}: no answer in time: {exc}") from None
+    except httpx.TransportError as exc:
+        raise ConnectionLost(f"{what}: {type(exc).__name__}: {exc}") from None
 
 
 class KernelClient:
@@ -90,13 +118,11 @@ class KernelClient:
     # -- control plane ---------------------------------------------------------------------
 
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, url, **kwargs)
+        what = f"{method} {url}"
+        with _http_errors(what):
+            response = self._http.request(method, url, **kwargs)
         if response.is_error:  # say what the service said, not only the status
-            raise httpx.HTTPStatusError(
-                f"{method} {url} answered {response.status_code}: {response.text}",
-                request=response.request,
-                response=response,
-            )
+            raise _http_error(response, what)
         return response.json()
 
     def execute(
@@ -108,18 +134,24 @@ class KernelClient:
         output_dir: str = "",
         flow_id: int = 0,
         timeout_s: float | None = None,
-    ) -> ExecuteResult:
+        execution_id: str | None = None,
+    ) -> ExecutionResult:
         """Run code in the kernel; a failure of the code is `success=False`, not an exception."""
-        body: dict[str, Any] = {
+        fields = {
             "node_id": node_id,
             "code": code,
             "input_paths": input_paths or {},
             "output_dir": output_dir,
             "flow_id": flow_id,
+            "timeout_s": timeout_s,
+            "execution_id": execution_id,
         }
-        if timeout_s is not None:
-            body["timeout_s"] = timeout_s
-        return ExecuteResult.from_json(self._request("POST", "/execute", json=body))
+        try:
+            request = ExecuteRequest.model_validate(fields)
+        except pydantic.ValidationError as exc:
+            raise InvalidRequest(f"execute: {describe_errors(exc)}") from None
+        body = request.model_dump(exclude_none=True)
+        return ExecutionResult.from_json(self._request("POST", "/execute", json=body))
 
     def list_artifacts(
         self, flow_id: int | None = None, node_id: str | int | None = None
@@ -152,16 +184,25 @@ class KernelClient:
 
     def health(self) -> dict[str, Any]:
         """The /health body (also when the kernel is starting, with HTTP 503)."""
-        body: dict[str, Any] = self._http.get("/health").json()
+        with _http_errors("GET /health"):
+            response = self._http.get("/health")
+        if response.status_code not in (200, 503):
+            raise _http_error(response, "GET /health")
+        body: dict[str, Any] = response.json()
         return body
 
     # -- data plane ------------------------------------------------------------------------
 
     def _put(self, path: FlightPath, table: pa.Table) -> None:
         descriptor = flight.FlightDescriptor.for_path(*str(path).split("/"))
-        writer, _ = self._flight.do_put(descriptor, table.schema, self._options)
-        with writer:
-            writer.write_table(table)
+        with client_errors(f"do_put {path}"):
+            writer, _ = self._flight.do_put(descriptor, table.schema, self._options)
+            with writer:
+                writer.write_table(table)
+
+    def _get(self, client: flight.FlightClient, path: FlightPath) -> pa.Table:
+        with client_errors(f"do_get {path}"):
+            return client.do_get(flight.Ticket(str(path).encode()), self._options).read_all()
 
     def put_table(self, name: str, table: Any) -> str:
         """Upload a pyarrow Table or polars/pandas frame; returns its `flight:///` URI."""
@@ -177,18 +218,15 @@ class KernelClient:
             uri = parse_flight_uri(path_or_uri)
             if not uri.is_local:
                 with flight.connect(f"grpc://{uri.host}:{uri.port}") as other:
-                    return other.do_get(
-                        flight.Ticket(str(uri.path).encode()), self._options
-                    ).read_all()
+                    return self._get(other, uri.path)
             path: FlightPath = uri.path
         else:
             path = from_segments(path_or_uri.split("/"))
-        return self._flight.do_get(flight.Ticket(str(path).encode()), self._options).read_all()
+        return self._get(self._flight, path)
 
     def get_artifact(self, flow_id: int, name: str) -> Any:
         """An artifact as its object: tables as their type, others unpickled."""
-        ticket = flight.Ticket(str(ArtifactPath(flow_id, name)).encode())
-        return from_arrow(self._flight.do_get(ticket, self._options).read_all())
+        return from_arrow(self._get(self._flight, ArtifactPath(flow_id, name)))
 
     def put_artifact(self, flow_id: int, name: str, obj: Any) -> None:
         """Store any object (tables as tables, others pickled) as an artifact of a flow."""
@@ -198,4 +236,5 @@ class KernelClient:
     def delete(self, path: str) -> None:
         """Remove what is stored at a Flight path."""
         action = flight.Action("delete", json.dumps({"path": path}).encode())
-        list(self._flight.do_action(action, self._options))
+        with client_errors(f"delete {path}"):
+            list(self._flight.do_action(action, self._options))

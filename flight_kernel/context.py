@@ -14,11 +14,14 @@ import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
+
+from flight_kernel.results import ErrorKind, LogRecord
 
 if TYPE_CHECKING:
+    from flight_kernel.artifacts import ArtifactStore
     from flight_kernel.inputs import InputReader
-    from flight_kernel.store import Store
+    from flight_kernel.tablestore import TableStore
 
 
 class CappedBuffer:
@@ -62,31 +65,42 @@ class CappedBuffer:
 class ExecutionContext:
     """Everything one execution of user code needs and produces."""
 
-    execution_id: int
+    execution_id: str
     flow_id: int
     node_id: str | int
     input_paths: dict[str, list[str]]
     output_dir: str
-    store: Store
+    tables: TableStore
+    artifacts: ArtifactStore
     reader: InputReader
     stdout: CappedBuffer
     stderr: CappedBuffer
     output_paths: list[str] = field(default_factory=list)
     published_artifacts: list[str] = field(default_factory=list)
     deleted_artifacts: list[str] = field(default_factory=list)
-    logs: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[LogRecord] = field(default_factory=list)
     unnamed_outputs: int = 0
     thread_id: int = field(default_factory=threading.get_ident)
     started: float = field(default_factory=time.perf_counter)
-    cancel_reason: str | None = None
+    cancel_reason: str | None = None  # set once, by a timeout or an interrupt
+    cancel_kind: ErrorKind | None = None
     done: bool = False
 
     @property
     def node_key(self) -> str:
         return str(self.node_id)
 
-    def describe(self) -> dict[str, Any]:
-        return {"execution_id": self.execution_id, "flow_id": self.flow_id, "node_id": self.node_id}
+    def describe(self) -> RunningExecution:
+        return RunningExecution(self.execution_id, self.flow_id, self.node_id)
+
+
+@dataclass(frozen=True)
+class RunningExecution:
+    """An execution that is running (listed by `health`, answered by `interrupt`)."""
+
+    execution_id: str
+    flow_id: int
+    node_id: str | int
 
 
 current: ContextVar[ExecutionContext | None] = ContextVar("flowfile_execution", default=None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import builtins
 import ctypes
 import functools
-import itertools
 import linecache
 import logging
 import os
@@ -19,15 +18,22 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+import uuid
 from types import CodeType, TracebackType
-from typing import Any
 
 from flight_kernel import flowfile
-from flight_kernel.context import CappedBuffer, ExecutionContext, current, install_capture
-from flight_kernel.errors import InvalidRequest
+from flight_kernel.artifacts import ArtifactStore
+from flight_kernel.context import (
+    CappedBuffer,
+    ExecutionContext,
+    RunningExecution,
+    current,
+    install_capture,
+)
 from flight_kernel.inputs import InputReader
-from flight_kernel.store import Store
+from flight_kernel.requests import ExecuteRequest, InterruptRequest
+from flight_kernel.results import ErrorKind, ExecutionResult
+from flight_kernel.tablestore import TableStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,60 +45,6 @@ def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
     )
-
-
-@dataclass(frozen=True)
-class ExecuteRequest:
-    """A validated `execute` body."""
-
-    node_id: str | int
-    code: str
-    input_paths: dict[str, list[str]] = field(default_factory=dict)
-    output_dir: str = ""
-    flow_id: int = 0
-    timeout_s: float | None = None
-
-    @classmethod
-    def from_json(cls, body: Any) -> ExecuteRequest:
-        """Validate a decoded JSON body; `InvalidRequest` names the bad field."""
-        if not isinstance(body, dict):
-            raise InvalidRequest("execute body must be a JSON object")
-        node_id = body.get("node_id")
-        if isinstance(node_id, bool) or not isinstance(node_id, str | int):
-            raise InvalidRequest("field 'node_id' is required and must be a string or an integer")
-        code = body.get("code")
-        if not isinstance(code, str):
-            raise InvalidRequest("field 'code' is required and must be a string")
-        inputs = body.get("input_paths") or {}
-        if not isinstance(inputs, dict) or not all(
-            isinstance(k, str) and isinstance(v, list) and all(isinstance(p, str) for p in v)
-            for k, v in inputs.items()
-        ):
-            raise InvalidRequest("field 'input_paths' must map names to lists of strings")
-        output_dir = body.get("output_dir") or ""
-        if not isinstance(output_dir, str):
-            raise InvalidRequest("field 'output_dir' must be a string")
-        flow_id = body.get("flow_id", 0)
-        if isinstance(flow_id, bool) or not isinstance(flow_id, int):
-            raise InvalidRequest("field 'flow_id' must be an integer")
-        timeout = body.get("timeout_s")
-        if timeout is not None and (  # NaN fails the range; a timer cannot wait past its max
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout <= threading.TIMEOUT_MAX
-        ):
-            raise InvalidRequest(
-                "field 'timeout_s' must be a positive number of seconds, at "
-                f"most {threading.TIMEOUT_MAX:g}"
-            )
-        return cls(
-            node_id,
-            code,
-            inputs,
-            output_dir,
-            flow_id,
-            float(timeout) if timeout is not None else None,
-        )
 
 
 def _format_error(exc: BaseException) -> str:
@@ -122,10 +74,19 @@ def _user_traceback(exc: BaseException, filename: str) -> str:
     return "".join(lines)
 
 
+MAX_CACHED_SOURCE = 64 * 1024  # pipelines re-run small node code; large sources are rare
+
+
 @functools.lru_cache(maxsize=256)
-def _compile(code: str, filename: str) -> CodeType:
-    """Pipelines re-run the same node code: compile it once."""
+def _compile_cached(code: str, filename: str) -> CodeType:
     return compile(code, filename, "exec")
+
+
+def _compile(code: str, filename: str) -> CodeType:
+    """Compile once what pipelines re-run; the cache holds at most 256 x 64 KiB of source."""
+    if len(code) > MAX_CACHED_SOURCE:
+        return compile(code, filename, "exec")
+    return _compile_cached(code, filename)
 
 
 class Executor:
@@ -133,45 +94,43 @@ class Executor:
 
     def __init__(
         self,
-        store: Store,
+        tables: TableStore,
+        artifacts: ArtifactStore,
+        reader: InputReader,
         *,
         max_stream_bytes: int = 1024 * 1024,
         default_timeout_s: float | None = None,
-        auth_token: str | None = None,
     ) -> None:
-        self._store = store
-        self._reader = InputReader(store, auth_token)
+        self._tables = tables
+        self._artifacts = artifacts
+        self._reader = reader
         self._max_stream_bytes = max_stream_bytes
         self._default_timeout_s = default_timeout_s
-        self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._running: dict[int, ExecutionContext] = {}
+        self._running: dict[str, ExecutionContext] = {}
         sys.modules.setdefault("flowfile", flowfile)  # `import flowfile` works too
 
-    def execute(self, req: ExecuteRequest) -> dict[str, Any]:
-        """Run one request to the end and return the response body."""
+    def run(self, req: ExecuteRequest) -> ExecutionResult:
+        """Run one request to the end; user code failing is a result, not an exception."""
         install_capture()
         ctx = ExecutionContext(
-            execution_id=next(self._ids),
+            execution_id=req.execution_id or uuid.uuid4().hex,
             flow_id=req.flow_id,
             node_id=req.node_id,
             input_paths=req.input_paths,
             output_dir=req.output_dir,
-            store=self._store,
+            tables=self._tables,
+            artifacts=self._artifacts,
             reader=self._reader,
             stdout=CappedBuffer(self._max_stream_bytes),
             stderr=CappedBuffer(self._max_stream_bytes),
         )
         filename = f"<node {req.node_id}>".replace("\x00", "\\x00")  # compile() refuses NUL
-        # A node's re-execution replaces what it published before.
-        self._store.clear_node_artifacts([req.node_id], req.flow_id)
-        self._store.clear_node_outputs(req.flow_id, ctx.node_key)
         timeout = req.timeout_s if req.timeout_s is not None else self._default_timeout_s
         timer = None
         if timeout is not None:
-            timer = threading.Timer(
-                timeout, self._cancel, (ctx, f"Timeout: execution exceeded timeout_s={timeout:g}")
-            )
+            reason = f"Timeout: execution exceeded timeout_s={timeout:g}"
+            timer = threading.Timer(timeout, self._cancel, (ctx, ErrorKind.TIMEOUT, reason))
             timer.daemon = True
         error: BaseException | None = None
         token = current.set(ctx)
@@ -201,49 +160,34 @@ class Executor:
             with self._lock:
                 self._running.pop(ctx.execution_id, None)
             current.reset(token)
-        return self._response(ctx, req, error, filename)
+        return self._result(ctx, req.code, error, filename)
 
-    def _response(
-        self, ctx: ExecutionContext, req: ExecuteRequest, error: BaseException | None, filename: str
-    ) -> dict[str, Any]:
+    def _result(
+        self, ctx: ExecutionContext, code: str, error: BaseException | None, filename: str
+    ) -> ExecutionResult:
         elapsed_ms = (time.perf_counter() - ctx.started) * 1000
-        body: dict[str, Any] = {
-            "success": error is None,
-            "flow_id": req.flow_id,
-            "node_id": req.node_id,
-            "output_paths": ctx.output_paths,
-            "published_artifacts": ctx.published_artifacts,
-            "deleted_artifacts": ctx.deleted_artifacts,
-            "stdout": ctx.stdout.getvalue(),
-            "stderr": ctx.stderr.getvalue(),
-            "error": None,
-            "error_kind": None,
-            "traceback": None,
-            "logs": ctx.logs,
-            "execution_time_ms": round(elapsed_ms, 3),
-        }
+        message = kind = trace = None
         if error is not None:
             if ctx.cancel_reason is not None and isinstance(error, KeyboardInterrupt):
-                body["error"] = ctx.cancel_reason
-                body["error_kind"] = ctx.cancel_reason.split(":", 1)[0].lower()
+                message, kind = ctx.cancel_reason, ctx.cancel_kind
             else:
-                body["error"] = _format_error(error)
-                body["error_kind"] = (
-                    "syntax"
+                message = _format_error(error)
+                kind = (
+                    ErrorKind.SYNTAX
                     if isinstance(error, SyntaxError)
-                    else "exit"
+                    else ErrorKind.EXIT
                     if isinstance(error, SystemExit)
-                    else "exception"
+                    else ErrorKind.EXCEPTION
                 )
             # linecache lets the traceback show the user's source lines
             linecache.cache[filename] = (
-                len(req.code),
+                len(code),
                 None,
-                req.code.splitlines(keepends=True),
+                code.splitlines(keepends=True),
                 filename,
             )
             try:
-                body["traceback"] = _user_traceback(error, filename)
+                trace = _user_traceback(error, filename)
             finally:
                 linecache.cache.pop(filename, None)
             logger.info(
@@ -251,39 +195,54 @@ class Executor:
                 ctx.execution_id,
                 ctx.flow_id,
                 ctx.node_id,
-                body["error"],
+                message,
             )
-        return body
+        return ExecutionResult(
+            success=error is None,
+            flow_id=ctx.flow_id,
+            node_id=ctx.node_id,
+            execution_id=ctx.execution_id,
+            output_paths=list(ctx.output_paths),
+            published_artifacts=list(ctx.published_artifacts),
+            deleted_artifacts=list(ctx.deleted_artifacts),
+            stdout=ctx.stdout.getvalue(),
+            stderr=ctx.stderr.getvalue(),
+            error=message,
+            error_kind=kind,
+            traceback=trace,
+            logs=list(ctx.logs),
+            execution_time_ms=round(elapsed_ms, 3),
+        )
 
-    def _cancel(self, ctx: ExecutionContext, reason: str) -> bool:
+    def _cancel(self, ctx: ExecutionContext, kind: ErrorKind, reason: str) -> bool:
         """Raise KeyboardInterrupt inside a running execution, once."""
         with self._lock:
             if ctx.done or ctx.cancel_reason is not None:
                 return False
-            ctx.cancel_reason = reason
+            ctx.cancel_reason, ctx.cancel_kind = reason, kind
             _set_async_exc(ctx.thread_id, KeyboardInterrupt)
         logger.info(
-            "execution %s (flow %s node %s): %s", ctx.execution_id, ctx.flow_id, ctx.node_id, reason
+            "execution %s (flow %s node %s): %s",
+            ctx.execution_id,
+            ctx.flow_id,
+            ctx.node_id,
+            reason,
         )
         return True
 
-    def interrupt(
-        self, flow_id: int | None = None, node_id: str | int | None = None
-    ) -> list[dict[str, Any]]:
-        """Interrupt running executions matching flow and node (None matches all)."""
+    def interrupt(self, req: InterruptRequest) -> list[RunningExecution]:
+        """Interrupt the running executions that match every field given."""
         with self._lock:
             matches = [
                 c
                 for c in self._running.values()
-                if (flow_id is None or c.flow_id == flow_id)
-                and (node_id is None or c.node_key == str(node_id))
+                if (req.flow_id is None or c.flow_id == req.flow_id)
+                and (req.node_id is None or c.node_key == str(req.node_id))
+                and (req.execution_id is None or c.execution_id == req.execution_id)
             ]
-        return [
-            c.describe()
-            for c in matches
-            if self._cancel(c, "Interrupted: execution interrupted on request")
-        ]
+        reason = "Interrupted: execution interrupted on request"
+        return [c.describe() for c in matches if self._cancel(c, ErrorKind.INTERRUPTED, reason)]
 
-    def running(self) -> list[dict[str, Any]]:
+    def running(self) -> list[RunningExecution]:
         with self._lock:
             return [c.describe() for c in self._running.values()]

@@ -18,6 +18,7 @@ from flight_kernel import outputs
 from flight_kernel.context import require_context
 from flight_kernel.errors import Conflict, InvalidRequest, NotFound, SerializationFailed
 from flight_kernel.paths import check_segment
+from flight_kernel.results import LogRecord
 
 __all__ = [
     "delete_artifact",
@@ -107,7 +108,7 @@ def publish_artifact(name: str, obj: Any) -> None:
         raise TypeError(f"artifact name must be a string, not {type(name).__name__}")
     with _as_builtin_errors():
         check_segment(name, "artifact name")
-        ctx.store.publish_artifact(ctx.flow_id, ctx.node_id, name, obj)
+        ctx.artifacts.publish(ctx.flow_id, ctx.node_id, name, obj)
     if name not in ctx.published_artifacts:
         ctx.published_artifacts.append(name)
 
@@ -116,20 +117,20 @@ def read_artifact(name: str) -> Any:
     """The object stored under `name` in this flow."""
     ctx = require_context()
     with _as_builtin_errors():
-        return ctx.store.get_artifact(ctx.flow_id, name).obj
+        return ctx.artifacts.get(ctx.flow_id, name).obj
 
 
 def list_artifacts() -> list[dict[str, Any]]:
     """This flow's artifacts, as the records of `GET /artifacts?flow_id=<this flow>`."""
     ctx = require_context()
-    return [a.record() for a in ctx.store.list_artifacts(flow_id=ctx.flow_id)]
+    return [a.record().to_json() for a in ctx.artifacts.find(flow_id=ctx.flow_id)]
 
 
 def delete_artifact(name: str) -> None:
     """Remove artifact `name` from this flow."""
     ctx = require_context()
     with _as_builtin_errors():
-        ctx.store.delete_artifact(ctx.flow_id, name)
+        ctx.artifacts.delete(ctx.flow_id, name)
     if name in ctx.published_artifacts:
         ctx.published_artifacts.remove(name)
     if name not in ctx.deleted_artifacts:
@@ -144,13 +145,13 @@ def log(message: Any, level: str = "INFO") -> None:
         raise ValueError(f"unknown log level {level!r} (use one of {', '.join(_LEVELS)})")
     text = str(message)
     ctx.logs.append(
-        {
-            "level": logging.getLevelName(levelno),
-            "message": text,
-            "flow_id": ctx.flow_id,
-            "node_id": ctx.node_id,
-            "timestamp": datetime.now(UTC).isoformat(),
-        }
+        LogRecord(
+            level=logging.getLevelName(levelno),
+            message=text,
+            flow_id=ctx.flow_id,
+            node_id=ctx.node_id,
+            timestamp=datetime.now(UTC).isoformat(),
+        )
     )
     logger.log(levelno, "[flow %s node %s] %s", ctx.flow_id, ctx.node_id, text)
 

@@ -15,7 +15,8 @@ from flight_kernel.paths import ArtifactPath, FlightURI, is_flight_uri, parse_fl
 from flight_kernel.serialization import as_arrow_table, is_table_like
 
 if TYPE_CHECKING:
-    from flight_kernel.store import Store
+    from flight_kernel.artifacts import ArtifactStore
+    from flight_kernel.tablestore import TableStore
 
 IPC_SUFFIXES = (".arrow", ".ipc", ".feather")
 
@@ -30,8 +31,11 @@ def lazy_from_arrow(table: pa.Table) -> pl.LazyFrame:
 class InputReader:
     """Resolves input entries against this kernel's store or other Flight servers."""
 
-    def __init__(self, store: Store, auth_token: str | None = None) -> None:
-        self._store = store
+    def __init__(
+        self, tables: TableStore, artifacts: ArtifactStore, auth_token: str | None = None
+    ) -> None:
+        self._tables = tables
+        self._artifacts = artifacts
         self._auth_token = auth_token
 
     def read(self, entry: str) -> pl.LazyFrame:
@@ -50,11 +54,11 @@ class InputReader:
         if uri.is_local:
             path = uri.path
             if isinstance(path, ArtifactPath):
-                obj = self._store.get_artifact(path.flow_id, path.name).obj
+                obj = self._artifacts.get(path.flow_id, path.name).obj
                 if not is_table_like(obj):
                     raise TypeError(f"artifact {path} is a {type(obj).__name__}, not a table")
                 return lazy_from_arrow(as_arrow_table(obj))
-            return lazy_from_arrow(self._store.get_table(path).for_polars())
+            return lazy_from_arrow(self._tables.get(path).for_polars())
         return lazy_from_arrow(self.fetch_remote(uri))
 
     def fetch_remote(self, uri: FlightURI) -> pa.Table:

@@ -35,7 +35,8 @@ def publish(ctx: ExecutionContext, frame: Any, name: str | None) -> str:
 
     if to_flight_store(ctx.output_dir):
         path = OutputPath(ctx.flow_id, check_segment(ctx.node_key, "node_id"), name)
-        ctx.store.put_output(path, as_arrow_table(frame, views=True))
+        table = as_arrow_table(frame, views=True)
+        ctx.tables.put(path, pa.RecordBatchReader.from_batches(table.schema, table.to_batches()))
         where = local_uri(path)
     else:
         where = _write_parquet(ctx.output_dir, name, frame)

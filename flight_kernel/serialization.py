@@ -52,6 +52,29 @@ def as_arrow_table(obj: Any, *, views: bool = False) -> pa.Table:
     raise TypeError(f"{type_name(obj)} is not a table")
 
 
+def _tagged(schema: pa.Schema, obj: Any) -> pa.Schema:
+    meta = dict(schema.metadata or {})
+    meta.update({SERIALIZER_KEY: ARROW, TYPE_KEY: type_name(obj).encode()})
+    return schema.with_metadata(meta)
+
+
+def describe_table(obj: Any) -> tuple[pa.Schema, int, int]:
+    """Schema, rows and bytes of a table-like artifact as `to_arrow` would send it, without
+    evaluating anything: a LazyFrame gives `collect_schema()` and -1 rows and bytes."""
+    if isinstance(obj, pa.Table | pa.RecordBatch):
+        return _tagged(obj.schema, obj), obj.num_rows, obj.nbytes
+    if isinstance(obj, pl.LazyFrame):
+        empty = pl.DataFrame(schema=obj.collect_schema())
+        return _tagged(empty.to_arrow().schema, obj), -1, -1
+    if isinstance(obj, pl.DataFrame):
+        return _tagged(obj.head(0).to_arrow().schema, obj), obj.height, int(obj.estimated_size())
+    pd_frame = _pandas_frame_type()
+    if pd_frame is not None and isinstance(obj, pd_frame):
+        schema = pa.Schema.from_pandas(obj)  # infers types; converts nothing
+        return _tagged(schema, obj), len(obj), int(obj.memory_usage(deep=True).sum())
+    raise TypeError(f"{type_name(obj)} is not a table")
+
+
 def pickle_schema(obj: Any) -> pa.Schema:
     return PICKLE_SCHEMA.with_metadata({SERIALIZER_KEY: PICKLE, TYPE_KEY: type_name(obj)})
 

@@ -3,14 +3,55 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
-def _float_or_none(value: str | None) -> float | None:
-    if value is None or value.strip() == "":
-        return None
-    return float(value)
+class ConfigError(ValueError):
+    """A `KERNEL_*` variable has a value that cannot be used; the message names both."""
+
+
+def _read(
+    environ: Mapping[str, str], key: str, convert: Callable[[str], T], default: T, what: str
+) -> T:
+    raw = environ.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return convert(raw.strip())
+    except ValueError:
+        raise ConfigError(f"Config {key!r} has value {raw!r}. Not a valid {what}.") from None
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError(raw)
+    return port
+
+
+def _positive(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value < float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _size(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+        raise ValueError(raw)
+    return level
 
 
 @dataclass(frozen=True)
@@ -33,18 +74,29 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         """Build settings from `KERNEL_*` variables; unset ones keep their defaults."""
         d = cls()
+        e = environ
         return cls(
-            host=environ.get("KERNEL_HOST", d.host),
-            http_port=int(environ.get("KERNEL_HTTP_PORT", d.http_port)),
-            flight_port=int(environ.get("KERNEL_FLIGHT_PORT", d.flight_port)),
-            auth_token=environ.get("KERNEL_AUTH_TOKEN") or None,
-            exec_timeout_s=_float_or_none(environ.get("KERNEL_EXEC_TIMEOUT_S")),
-            max_stream_bytes=int(environ.get("KERNEL_MAX_STREAM_BYTES", d.max_stream_bytes)),
-            advertise_location=environ.get("KERNEL_ADVERTISE_LOCATION") or None,
-            log_level=environ.get("KERNEL_LOG_LEVEL", d.log_level).upper(),
-            interrupt_grace_s=float(environ.get("KERNEL_INTERRUPT_GRACE_S", d.interrupt_grace_s)),
-            start_timeout_s=float(environ.get("KERNEL_START_TIMEOUT_S", d.start_timeout_s)),
-            shutdown_grace_s=float(environ.get("KERNEL_SHUTDOWN_GRACE_S", d.shutdown_grace_s)),
+            host=e.get("KERNEL_HOST") or d.host,
+            http_port=_read(e, "KERNEL_HTTP_PORT", _port, d.http_port, "port (0-65535)"),
+            flight_port=_read(e, "KERNEL_FLIGHT_PORT", _port, d.flight_port, "port (0-65535)"),
+            auth_token=e.get("KERNEL_AUTH_TOKEN") or None,
+            exec_timeout_s=_read(
+                e, "KERNEL_EXEC_TIMEOUT_S", _positive, d.exec_timeout_s, "positive number"
+            ),
+            max_stream_bytes=_read(
+                e, "KERNEL_MAX_STREAM_BYTES", _size, d.max_stream_bytes, "positive integer"
+            ),
+            advertise_location=e.get("KERNEL_ADVERTISE_LOCATION") or None,
+            log_level=_read(e, "KERNEL_LOG_LEVEL", _level, d.log_level, "log level"),
+            interrupt_grace_s=_read(
+                e, "KERNEL_INTERRUPT_GRACE_S", _positive, d.interrupt_grace_s, "positive number"
+            ),
+            start_timeout_s=_read(
+                e, "KERNEL_START_TIMEOUT_S", _positive, d.start_timeout_s, "positive number"
+            ),
+            shutdown_grace_s=_read(
+                e, "KERNEL_SHUTDOWN_GRACE_S", _positive, d.shutdown_grace_s, "positive number"
+            ),
         )
 
     def to_env(self) -> dict[str, str]:

@@ -12,9 +12,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from control.app import create_app
-from control.supervisor import AttachedKernel
+from control.connection import KernelConnection
+from control.handle import KernelHandle
+from control.processes import AttachedKernel
+from control.router import KernelRouter
+from flight_kernel.kernel import Kernel
 from flight_kernel.server import KernelFlightServer
 from flight_kernel.settings import Settings
+
+
+def attached(settings: Settings, location: str) -> KernelRouter:
+    """Kernels for `create_app`: the one kernel that listens at `location`."""
+    conn = KernelConnection(location, settings.auth_token)
+    return KernelRouter(KernelHandle(AttachedKernel(conn), settings))
 
 
 @pytest.fixture
@@ -24,7 +34,7 @@ def settings() -> Settings:
 
 @pytest.fixture
 def kernel_server(settings: Settings) -> Iterator[KernelFlightServer]:
-    with KernelFlightServer(settings) as server:
+    with KernelFlightServer(Kernel(settings)) as server:
         yield server
 
 
@@ -44,7 +54,7 @@ def client(
     settings: Settings, kernel_server: KernelFlightServer, kernel_location: str
 ) -> Iterator[TestClient]:
     app_settings = dataclasses.replace(settings, flight_port=kernel_server.port)
-    app = create_app(app_settings, kernel=AttachedKernel(app_settings, kernel_location))
+    app = create_app(app_settings, kernels=attached(app_settings, kernel_location))
     with TestClient(app) as test_client:
         yield test_client
 

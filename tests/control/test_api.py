@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 import flight_kernel
 from control.app import HTTP_STATUS, create_app
-from control.supervisor import KernelHandle
-from flight_kernel.errors import KernelError
+from flight_kernel.errors import ConnectionLost, KernelError, error_classes, lookup
 from flight_kernel.settings import Settings
+from tests.control.doubles import function_kernels
 
 RESPONSE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "success": bool,
@@ -322,7 +322,7 @@ def test_interrupt_with_nothing_running(client, kwargs):
 
 def test_interrupt_stops_a_running_execution(client, kernel_server, wait_until):
     release = threading.Event()
-    kernel_server.store.publish_artifact(2, None, "release", release)
+    kernel_server.kernel.artifacts.publish(2, None, "release", release)
     waiting = "flowfile.read_artifact('release').wait(10)\nprint('done')"
     with ThreadPoolExecutor(2) as pool:
         looping = pool.submit(
@@ -361,27 +361,28 @@ def test_interrupt_stops_a_running_execution(client, kernel_server, wait_until):
 
 
 def test_every_kernel_error_has_an_http_status():
-    assert set(KernelError.__subclasses__()) == set(HTTP_STATUS)
+    # Direct subclasses each have a row; deeper ones inherit theirs along the MRO.
+    assert set(KernelError.__subclasses__()) | {KernelError} == set(HTTP_STATUS)
+    for cls in error_classes().values():
+        assert lookup(HTTP_STATUS, cls("x")) is not None, cls
 
 
-class _RefusingKernel(KernelHandle):
-    """A kernel whose every call is refused with one KernelError."""
+def test_a_subclass_takes_its_parents_status():
+    settings = Settings(flight_port=0)
+    lost = function_kernels(settings, _refusing(ConnectionLost("the kernel went away")))
+    with TestClient(create_app(settings, kernels=lost)) as refused:
+        response = refused.get("/artifacts")
+    assert response.status_code == 503
+    assert response.json() == {"detail": "the kernel went away", "error_kind": "ConnectionLost"}
 
-    def __init__(self, settings: Settings, error: KernelError) -> None:
-        super().__init__(settings)
-        self._error = error
 
-    def start(self) -> None:
-        pass
+def _refusing(error: KernelError):
+    """A kernel whose every call is refused with `error`."""
 
-    def stop(self) -> None:
-        pass
+    def handler(action, body):
+        raise error
 
-    def status(self) -> dict[str, Any]:
-        return {"state": "healthy", "restarts": 0, "kernel_pid": None}
-
-    def call(self, action: str, body: dict[str, Any] | None = None, *, wait: bool = True) -> bytes:
-        raise self._error
+    return handler
 
 
 @pytest.mark.parametrize(
@@ -390,7 +391,8 @@ class _RefusingKernel(KernelHandle):
 )
 def test_kernel_errors_become_their_http_status(error_class, status):
     settings = Settings(flight_port=0)
-    app = create_app(settings, kernel=_RefusingKernel(settings, error_class("no artifact 'x'")))
+    refusal = error_class("no artifact 'x'")
+    app = create_app(settings, kernels=function_kernels(settings, _refusing(refusal)))
     with TestClient(app) as refused:
         response = refused.get("/artifacts")
     assert response.status_code == status
@@ -399,7 +401,7 @@ def test_kernel_errors_become_their_http_status(error_class, status):
         assert [d["msg"] for d in detail] == ["no artifact 'x'"]
     else:
         assert detail == "no artifact 'x'"
-    assert response.json()["error_kind"] == error_class.kind
+    assert response.json()["error_kind"] == error_class.__name__
 
 
 def test_openapi_docs_are_served(client):

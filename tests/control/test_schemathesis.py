@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
 from control.app import create_app
-from control.supervisor import AttachedKernel
 from flight_kernel.settings import Settings
+from tests.control.doubles import function_kernels
 
 MAX_CODE_CHARS = 200
 MAX_TIMEOUT_S = 1.0
@@ -27,7 +27,7 @@ MAX_TIMEOUT_S = 1.0
 def _schema_app() -> FastAPI:
     """An app built only for its OpenAPI document: never started, so nothing to close."""
     settings = Settings(flight_port=0)
-    return create_app(settings, kernel=AttachedKernel(settings, "grpc://127.0.0.1:1"))
+    return create_app(settings, kernels=function_kernels(settings, lambda action, body: None))
 
 
 # Not `schemathesis.pytest.from_fixture`: its lazy schema sets `Item._nodeid`, gone in pytest 9.

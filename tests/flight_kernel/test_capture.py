@@ -51,7 +51,7 @@ print(json.dumps({{
 def barrier(kernel_server) -> threading.Barrier:
     shared = threading.Barrier(len(FLOWS))
     for flow in FLOWS:
-        kernel_server.store.publish_artifact(flow, None, "barrier", shared)
+        kernel_server.kernel.artifacts.publish(flow, None, "barrier", shared)
     return shared
 
 

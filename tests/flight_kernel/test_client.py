@@ -16,10 +16,12 @@ import uvicorn
 from polars.testing import assert_frame_equal
 
 from control.app import create_app
-from control.supervisor import AttachedKernel
-from flight_kernel.client import ExecuteResult, KernelClient
+from flight_kernel.client import KernelClient
+from flight_kernel.kernel import Kernel
+from flight_kernel.results import ExecutionResult
 from flight_kernel.server import KernelFlightServer
 from flight_kernel.settings import Settings
+from tests.conftest import attached
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def http_url(
 ) -> Iterator[str]:
     """The control plane served by uvicorn on a free port, in a background thread."""
     app_settings = dataclasses.replace(settings, http_port=0, flight_port=kernel_server.port)
-    app = create_app(app_settings, kernel=AttachedKernel(app_settings, kernel_location))
+    app = create_app(app_settings, kernels=attached(app_settings, kernel_location))
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", ws="none", lifespan="on"
     )
@@ -99,7 +101,7 @@ def test_put_table_execute_get_table(kc: KernelClient) -> None:
         input_paths={"main": [uri]},
         flow_id=1,
     )
-    assert isinstance(result, ExecuteResult)
+    assert isinstance(result, ExecutionResult)
     assert result.success, result.error
     assert result.output_paths == ["flight:///outputs/1/double/doubled"]
     table = kc.get_table(result.output_paths[0])
@@ -194,7 +196,7 @@ def test_delete(kc: KernelClient) -> None:
 
 def test_get_table_from_another_kernel(kc: KernelClient) -> None:
     with (
-        KernelFlightServer(Settings(flight_port=0)) as other,
+        KernelFlightServer(Kernel(Settings(flight_port=0))) as other,
         KernelClient("http://127.0.0.1:1", f"grpc://127.0.0.1:{other.port}") as direct,
     ):
         direct.put_table("remote", SALES)
@@ -206,7 +208,7 @@ def test_readme_example_flow(kc: KernelClient) -> None:
     uri = kc.put_table("sales", SALES)
     result = kc.execute("node_1", README_NODE, input_paths={"main": [uri]}, flow_id=1)
     assert result.success, result.error
-    assert [log["message"] for log in result.logs] == ["Processed 2 categories"]
+    assert [log.message for log in result.logs] == ["Processed 2 categories"]
     assert result.published_artifacts == ["category_totals"]
     out = pl.from_arrow(kc.get_table(result.output_paths[0]))
     expected = pl.DataFrame({"category": ["a", "c"], "total": [12.5, 7.0]})

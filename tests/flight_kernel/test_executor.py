@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import threading
 import time
@@ -13,9 +15,10 @@ import pytest
 
 import flight_kernel
 from flight_kernel.errors import InvalidRequest
-from flight_kernel.executor import ExecuteRequest, Executor
+from flight_kernel.kernel import Kernel
 from flight_kernel.paths import OutputPath
-from flight_kernel.store import Store
+from flight_kernel.requests import ExecuteRequest, InterruptRequest, parse
+from flight_kernel.settings import Settings
 
 KERNEL_DIR = str(Path(flight_kernel.__file__).resolve().parent)
 # An interrupt that never arrives must fail the test (as a Timeout), not hang it.
@@ -23,18 +26,30 @@ SAFETY_TIMEOUT_S = 30
 
 
 @pytest.fixture
-def store() -> Store:
-    return Store()
+def kernel() -> Kernel:
+    return Kernel()
 
 
-@pytest.fixture
-def executor(store: Store) -> Executor:
-    return Executor(store)
+def request(node_id: str | int, code: str, **fields) -> ExecuteRequest:
+    return ExecuteRequest(node_id=node_id, code=code, **fields)
 
 
-def test_success_reports_stdout_and_stderr(executor):
+def execute(kernel: Kernel, req: ExecuteRequest) -> dict:
+    """Run through the kernel; the response body, as the transports send it."""
+    return kernel.execute(req).to_json()
+
+
+def running(kernel: Kernel) -> list[dict]:
+    return [dataclasses.asdict(r) for r in kernel.executor.running()]
+
+
+def interrupt(kernel: Kernel, **fields) -> list[dict]:
+    return [dataclasses.asdict(r) for r in kernel.interrupt(InterruptRequest(**fields))]
+
+
+def test_success_reports_stdout_and_stderr(kernel):
     code = "import sys\nprint('to out')\nprint('to err', file=sys.stderr)\nx = 1 + 1\n"
-    result = executor.execute(ExecuteRequest("n1", code, flow_id=1))
+    result = execute(kernel, request("n1", code, flow_id=1))
     assert result["success"] is True
     assert result["stdout"] == "to out\n"
     assert result["stderr"] == "to err\n"
@@ -141,8 +156,8 @@ FAILURES = [
 
 
 @pytest.mark.parametrize(("code", "fields", "prefix", "parts", "user_line"), FAILURES)
-def test_failure_is_a_result(executor, tmp_path, code, fields, prefix, parts, user_line):
-    result = executor.execute(ExecuteRequest("n1", code, **fields(tmp_path)))
+def test_failure_is_a_result(kernel, tmp_path, code, fields, prefix, parts, user_line):
+    result = execute(kernel, request("n1", code, **fields(tmp_path)))
 
     assert result["success"] is False
     error = result["error"]
@@ -155,12 +170,12 @@ def test_failure_is_a_result(executor, tmp_path, code, fields, prefix, parts, us
     assert "<node n1>" in result["traceback"]
     assert KERNEL_DIR not in result["traceback"]
     # the service stays usable
-    assert executor.execute(ExecuteRequest("n2", "print('ok')"))["stdout"] == "ok\n"
+    assert execute(kernel, request("n2", "print('ok')"))["stdout"] == "ok\n"
 
 
-def test_exception_traceback_shows_every_user_frame(executor):
+def test_exception_traceback_shows_every_user_frame(kernel):
     code = "def inner():\n    1 / 0\n\ndef outer():\n    inner()\n\nouter()\n"
-    result = executor.execute(ExecuteRequest("n1", code))
+    result = execute(kernel, request("n1", code))
     assert result["error"] == "ZeroDivisionError: division by zero"
     tb = result["traceback"]
     assert tb.startswith("Traceback (most recent call last):\n")
@@ -172,56 +187,55 @@ def test_exception_traceback_shows_every_user_frame(executor):
     assert tb.endswith("ZeroDivisionError: division by zero\n")
 
 
-def test_timeout_interrupts_the_execution(executor):
-    result = executor.execute(ExecuteRequest("n1", "while True:\n    pass\n", timeout_s=0.2))
+def test_timeout_interrupts_the_execution(kernel):
+    result = execute(kernel, request("n1", "while True:\n    pass\n", timeout_s=0.2))
     assert result["success"] is False
     assert result["error"].startswith("Timeout")
     assert "0.2" in result["error"]
 
 
-def test_default_timeout_applies_when_the_request_has_none(store):
-    executor = Executor(store, default_timeout_s=0.2)
-    result = executor.execute(ExecuteRequest("n1", "while True:\n    pass\n"))
+def test_default_timeout_applies_when_the_request_has_none():
+    kernel = Kernel(Settings(exec_timeout_s=0.2))
+    result = execute(kernel, request("n1", "while True:\n    pass\n"))
     assert result["error"].startswith("Timeout")
 
 
-def test_the_next_execution_after_a_cancelled_one_works(executor):
-    executor.execute(ExecuteRequest("n1", "while True:\n    pass\n", timeout_s=0.2))
+def test_the_next_execution_after_a_cancelled_one_works(kernel):
+    execute(kernel, request("n1", "while True:\n    pass\n", timeout_s=0.2))
     # same thread: no interrupt of the cancelled execution may be left pending
     code = "total = 0\nfor i in range(200_000):\n    total += i\nprint(total)\n"
-    result = executor.execute(ExecuteRequest("n1", code))
+    result = execute(kernel, request("n1", code))
     assert result["success"] is True
     assert result["stdout"] == f"{sum(range(200_000))}\n"
 
 
-def test_a_finished_execution_is_not_cut_by_its_timeout(executor):
-    result = executor.execute(ExecuteRequest("n1", "print('quick')", timeout_s=30))
+def test_a_finished_execution_is_not_cut_by_its_timeout(kernel):
+    result = execute(kernel, request("n1", "print('quick')", timeout_s=30))
     assert result["success"] is True
-    assert executor.running() == []
+    assert running(kernel) == []
 
 
-def test_interrupt_stops_one_flow_and_others_continue(store, executor, wait_until):
+def test_interrupt_stops_one_flow_and_others_continue(kernel, wait_until):
     release = threading.Event()
-    store.publish_artifact(2, None, "release", release)
+    kernel.artifacts.publish(2, None, "release", release)
     waiting = "ok = flowfile.read_artifact('release').wait(10)\nprint('released', ok)\n"
 
     with ThreadPoolExecutor(2) as pool:
         looping = pool.submit(
-            executor.execute,
-            ExecuteRequest(
-                "loop", "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S
-            ),
+            execute,
+            kernel,
+            request("loop", "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S),
         )
-        other = pool.submit(executor.execute, ExecuteRequest("wait", waiting, flow_id=2))
-        wait_until(lambda: len(executor.running()) == 2, what="both executions to run")
+        other = pool.submit(execute, kernel, request("wait", waiting, flow_id=2))
+        wait_until(lambda: len(running(kernel)) == 2, what="both executions to run")
 
-        interrupted = executor.interrupt(flow_id=1)
+        interrupted = interrupt(kernel, flow_id=1)
 
         assert [(i["flow_id"], i["node_id"]) for i in interrupted] == [(1, "loop")]
         result = looping.result(timeout=10)
         assert result["success"] is False
         assert result["error"].startswith("Interrupted")
-        assert [r["flow_id"] for r in executor.running()] == [2]
+        assert [r["flow_id"] for r in running(kernel)] == [2]
         release.set()
         other_result = other.result(timeout=10)
 
@@ -229,36 +243,37 @@ def test_interrupt_stops_one_flow_and_others_continue(store, executor, wait_unti
     assert other_result["stdout"] == "released True\n"
 
 
-def test_interrupt_by_node_id_compares_string_forms(executor, wait_until):
+def test_interrupt_by_node_id_compares_string_forms(kernel, wait_until):
     with ThreadPoolExecutor(1) as pool:
         looping = pool.submit(
-            executor.execute,
-            ExecuteRequest(7, "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S),
+            execute,
+            kernel,
+            request(7, "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S),
         )
-        wait_until(lambda: executor.running() != [], what="the execution to run")
-        assert executor.interrupt(node_id="8") == []
-        interrupted = executor.interrupt(node_id="7")
+        wait_until(lambda: running(kernel) != [], what="the execution to run")
+        assert interrupt(kernel, node_id="8") == []
+        interrupted = interrupt(kernel, node_id="7")
         result = looping.result(timeout=10)
     assert [i["node_id"] for i in interrupted] == [7]
     assert result["error"].startswith("Interrupted")
 
 
-def test_interrupts_racing_the_start_of_executions_never_hang_them(executor):
+def test_interrupts_racing_the_start_of_executions_never_hang_them(kernel):
     # An interrupt sent while the execution thread starts its timeout timer also hit the
     # newborn timer thread, which died unstarted: the execution then waited forever.
     for _ in range(200):
         results: list[dict] = []
-        request = ExecuteRequest("n1", "while True:\n    pass\n", timeout_s=SAFETY_TIMEOUT_S)
+        req = request("n1", "while True:\n    pass\n", timeout_s=SAFETY_TIMEOUT_S)
         thread = threading.Thread(  # daemon: a hung one must not hang pytest
-            target=lambda ex, req, out: out.append(ex.execute(req)),
-            args=(executor, request, results),
+            target=lambda k, r, out: out.append(execute(k, r)),
+            args=(kernel, req, results),
             daemon=True,
         )
         thread.start()
         deadline = time.monotonic() + 10
-        while not executor.running():
+        while not running(kernel):
             assert time.monotonic() < deadline, "the execution never started"
-        executor.interrupt()
+        interrupt(kernel)
         thread.join(timeout=10)
         assert not thread.is_alive(), "the interrupted execution hung"
         assert results[0]["error"].startswith("Interrupted")
@@ -277,7 +292,7 @@ def test_interrupts_racing_the_start_of_executions_never_hang_them(executor):
 )
 # the newborn thread's KeyboardInterrupt is reported as "Exception ignored in thread started by"
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_timeout_while_user_code_starts_threads_never_hangs_it(executor):
+def test_a_timeout_while_user_code_starts_threads_never_hangs_it(kernel):
     code = (
         "import threading\nwhile True:\n"
         "    t = threading.Thread(target=int)\n    t.start()\n    t.join()\n"
@@ -286,8 +301,8 @@ def test_a_timeout_while_user_code_starts_threads_never_hangs_it(executor):
     for _ in range(40):
         threads = [
             threading.Thread(  # daemon: a hung one must not hang pytest
-                target=executor.execute,
-                args=(ExecuteRequest(f"n{k}", code, timeout_s=0.05),),
+                target=execute,
+                args=(kernel, request(f"n{k}", code, timeout_s=0.05)),
                 daemon=True,
             )
             for k in range(8)
@@ -300,14 +315,14 @@ def test_a_timeout_while_user_code_starts_threads_never_hangs_it(executor):
         assert not any(t.is_alive() for t in threads), "a timed-out execution hung"
 
 
-def test_interrupt_with_nothing_running_interrupts_nothing(executor):
-    assert executor.interrupt() == []
+def test_interrupt_with_nothing_running_interrupts_nothing(kernel):
+    assert interrupt(kernel) == []
 
 
-def test_output_is_capped_with_a_truncation_marker(store):
-    executor = Executor(store, max_stream_bytes=100)
+def test_output_is_capped_with_a_truncation_marker():
+    kernel = Kernel(Settings(max_stream_bytes=100))
     code = "import sys\nprint('x' * 1000)\nprint('y' * 300, file=sys.stderr)\n"
-    result = executor.execute(ExecuteRequest("n1", code))
+    result = execute(kernel, request("n1", code))
 
     assert result["success"] is True
     out, marker = result["stdout"][:100], result["stdout"][100:]
@@ -320,47 +335,48 @@ def test_output_is_capped_with_a_truncation_marker(store):
     assert "201 bytes" in result["stderr"]
 
 
-def test_output_under_the_cap_has_no_marker(store):
-    executor = Executor(store, max_stream_bytes=100)
-    result = executor.execute(ExecuteRequest("n1", "print('x' * 98)"))
+def test_output_under_the_cap_has_no_marker():
+    kernel = Kernel(Settings(max_stream_bytes=100))
+    result = execute(kernel, request("n1", "print('x' * 98)"))
     assert result["stdout"] == "x" * 98 + "\n"
 
 
-def test_reexecution_clears_the_nodes_previous_artifacts(store, executor):
+def test_reexecution_clears_the_nodes_previous_artifacts(kernel):
     first = "flowfile.publish_artifact('a', 1)\nflowfile.publish_artifact('b', 2)\n"
-    executor.execute(ExecuteRequest("n1", first, flow_id=1))
-    executor.execute(ExecuteRequest("n1", first, flow_id=2))
-    executor.execute(ExecuteRequest("other", "flowfile.publish_artifact('c', 3)", flow_id=1))
+    execute(kernel, request("n1", first, flow_id=1))
+    execute(kernel, request("n1", first, flow_id=2))
+    execute(kernel, request("other", "flowfile.publish_artifact('c', 3)", flow_id=1))
 
-    result = executor.execute(ExecuteRequest("n1", "flowfile.publish_artifact('d', 4)", flow_id=1))
+    result = execute(kernel, request("n1", "flowfile.publish_artifact('d', 4)", flow_id=1))
 
     assert result["published_artifacts"] == ["d"]
     assert result["deleted_artifacts"] == []
-    assert sorted(a.name for a in store.list_artifacts(flow_id=1)) == ["c", "d"]
-    assert sorted(a.name for a in store.list_artifacts(flow_id=2)) == ["a", "b"]
+    assert sorted(a.name for a in kernel.artifacts.find(flow_id=1)) == ["c", "d"]
+    assert sorted(a.name for a in kernel.artifacts.find(flow_id=2)) == ["a", "b"]
 
 
-def test_reexecution_clears_the_nodes_previous_flight_outputs(store, executor):
+def test_reexecution_clears_the_nodes_previous_flight_outputs(kernel):
     two = (
         "import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [1]}))\n"
         "flowfile.publish_output(pl.DataFrame({'x': [2]}), name='extra')\n"
     )
-    executor.execute(ExecuteRequest("n1", two, flow_id=1))
+    execute(kernel, request("n1", two, flow_id=1))
 
-    result = executor.execute(
-        ExecuteRequest(
+    result = execute(
+        kernel,
+        request(
             "n1",
             "import polars as pl\nflowfile.publish_output(pl.DataFrame({'x': [3]}))\n",
             flow_id=1,
-        )
+        ),
     )
 
     assert result["output_paths"] == ["flight:///outputs/1/n1/output_0"]
-    assert [str(p) for p in store.paths("outputs/")] == ["outputs/1/n1/output_0"]
-    assert store.get_table(OutputPath(1, "n1", "output_0")).client().to_pydict() == {"x": [3]}
+    assert [str(p) for p in kernel.tables.list("outputs/")] == ["outputs/1/n1/output_0"]
+    assert kernel.tables.get(OutputPath(1, "n1", "output_0")).client().to_pydict() == {"x": [3]}
 
 
-def test_partial_failure_keeps_what_was_published(store, executor):
+def test_partial_failure_keeps_what_was_published(kernel):
     code = (
         "import polars as pl\n"
         "flowfile.publish_artifact('kept', {'k': 1})\n"
@@ -368,19 +384,19 @@ def test_partial_failure_keeps_what_was_published(store, executor):
         "print('before')\n"
         "raise RuntimeError('late failure')\n"
     )
-    result = executor.execute(ExecuteRequest("n1", code, flow_id=1))
+    result = execute(kernel, request("n1", code, flow_id=1))
 
     assert result["success"] is False
     assert result["error"] == "RuntimeError: late failure"
     assert result["stdout"] == "before\n"
     assert result["published_artifacts"] == ["kept"]
     assert result["output_paths"] == ["flight:///outputs/1/n1/output_0"]
-    assert store.get_artifact(1, "kept").obj == {"k": 1}
-    assert store.get_table(OutputPath(1, "n1", "output_0")).client().num_rows == 2
+    assert kernel.artifacts.get(1, "kept").obj == {"k": 1}
+    assert kernel.tables.get(OutputPath(1, "n1", "output_0")).client().num_rows == 2
 
 
-def test_user_code_runs_as_main_with_flowfile_injected(executor):
-    result = executor.execute(ExecuteRequest("n1", "print(__name__, flowfile.__name__)"))
+def test_user_code_runs_as_main_with_flowfile_injected(kernel):
+    result = execute(kernel, request("n1", "print(__name__, flowfile.__name__)"))
     assert result["stdout"] == "__main__ flight_kernel.flowfile\n"
 
 
@@ -402,6 +418,6 @@ def test_user_code_runs_as_main_with_flowfile_injected(executor):
         pytest.param({"node_id": "n", "code": "x", "timeout_s": 0}, "timeout_s", id="zero-timeout"),
     ],
 )
-def test_execute_request_from_json_names_the_bad_field(body, field):
+def test_execute_request_parse_names_the_bad_field(body, field):
     with pytest.raises(InvalidRequest, match=f"'{field}'"):
-        ExecuteRequest.from_json(body)
+        parse(ExecuteRequest, json.dumps(body).encode(), "action 'execute'")

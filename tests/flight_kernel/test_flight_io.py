@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from polars.testing import assert_frame_equal
 
+from flight_kernel.kernel import Kernel
 from flight_kernel.server import KernelFlightServer
 from flight_kernel.settings import Settings
 
@@ -55,7 +56,7 @@ def local_path(uri: str) -> str:
 def other_kernel() -> Iterator[tuple[KernelFlightServer, flight.FlightClient]]:
     """A second kernel on its own port, holding tables the first one fetches."""
     with (
-        KernelFlightServer(Settings(flight_port=0)) as server,
+        KernelFlightServer(Kernel(Settings(flight_port=0))) as server,
         flight.connect(f"grpc://127.0.0.1:{server.port}") as client,
     ):
         yield server, client

@@ -145,7 +145,7 @@ def user_object(
         next(iter(flight_client.do_action(flight.Action("execute", body)))).body.to_pybytes()
     )
     assert result["success"], result["error"]
-    yield kernel_server.store.get_artifact(1, "model").obj
+    yield kernel_server.kernel.artifacts.get(1, "model").obj
 
 
 def test_instance_of_a_user_defined_class_travels_pickled(user_object: Any) -> None:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from flight_kernel.kernel import Kernel
 from flight_kernel.serialization import (
     PICKLE,
     PICKLE_COLUMN,
@@ -22,7 +23,7 @@ from flight_kernel.serialization import (
 )
 from flight_kernel.server import REUSE_CONNECTION, KernelFlightServer
 from flight_kernel.settings import Settings
-from flight_kernel.store import MAX_BATCH_ROWS
+from flight_kernel.tables import MAX_BATCH_ROWS
 
 
 def put(
@@ -249,7 +250,7 @@ def test_flight_info_endpoint_ticket_fetches_the_data(flight_client: flight.Flig
 def test_flight_info_carries_the_advertised_location_too() -> None:
     settings = Settings(flight_port=0, advertise_location="grpc://kernel-7.internal:8815")
     with (
-        KernelFlightServer(settings) as server,
+        KernelFlightServer(Kernel(settings)) as server,
         flight.connect(f"grpc://127.0.0.1:{server.port}") as client,
     ):
         put(client, "tables/t", pa.table({"a": [1]}))
@@ -572,7 +573,7 @@ def test_list_flights_with_criteria_not_utf8_is_refused(flight_client: flight.Fl
 @pytest.fixture
 def secured() -> Iterator[flight.FlightClient]:
     with (
-        KernelFlightServer(Settings(flight_port=0, auth_token="s3cret")) as server,
+        KernelFlightServer(Kernel(Settings(flight_port=0, auth_token="s3cret"))) as server,
         flight.connect(f"grpc://127.0.0.1:{server.port}") as client,
     ):
         yield client

@@ -1,0 +1,353 @@
+"""Kernel processes: how a kernel is started, reached, killed and watched.
+
+`KernelProcess` is the seam: `LocalKernelProcess` runs `python -m flight_kernel` as a child
+and restarts it whenever it dies; `AttachedKernel` wraps a connection to a kernel someone
+else runs (tests, another host). `KernelHandle` works over either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from control.connection import Connection, KernelConnection, call_json
+from flight_kernel.__main__ import ANNOUNCE_FD, KERNEL_ID
+from flight_kernel.errors import KernelError, KernelUnavailable
+from flight_kernel.results import ErrorKind
+from flight_kernel.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_SIGNAL_HINTS: dict[int, str] = {
+    signal.SIGKILL: " (likely out of memory)",
+    signal.SIGSEGV: " (segmentation fault)",
+    signal.SIGABRT: " (aborted)",
+}
+
+
+@dataclass(frozen=True)
+class Death:
+    """How one kernel process ended, and why when it was killed on purpose."""
+
+    returncode: int
+    reason: str | None = None  # set when we killed it (timeout, ignored interrupt)
+    kind: ErrorKind | None = None
+
+    def describe(self) -> str:
+        if self.returncode >= 0:
+            return f"exited with code {self.returncode}"
+        signum = -self.returncode
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return f"was killed by {name}{_SIGNAL_HINTS.get(signum, '')}"
+
+
+@dataclass(frozen=True)
+class KernelStatus:
+    """What the control plane knows of a kernel without asking it."""
+
+    state: str  # "healthy" or "starting"
+    restarts: int
+    pid: int | None
+
+
+class KernelProcess(Protocol):
+    """A kernel the control plane can reach, and perhaps kill and restart."""
+
+    def start(self) -> None:
+        """Bring the kernel up; raise when it cannot start."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def connection(self, wait: bool = True) -> tuple[int, Connection]:
+        """The running kernel's generation and connection; waits (bounded) while it restarts,
+        or raises `KernelUnavailable` at once without `wait`."""
+        ...
+
+    def kill(self, generation: int, reason: str, kind: ErrorKind) -> None:
+        """End that generation of the kernel (when it still runs), saying why."""
+        ...
+
+    def death(self, generation: int, timeout: float) -> Death | None:
+        """How that generation ended; None when it has not (within `timeout`)."""
+        ...
+
+    def status(self) -> KernelStatus: ...
+
+
+class AttachedKernel:
+    """A kernel that runs elsewhere, over a given connection; never killed from here."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self._conn.close()
+
+    def connection(self, wait: bool = True) -> tuple[int, Connection]:
+        return 0, self._conn
+
+    def kill(self, generation: int, reason: str, kind: ErrorKind) -> None:
+        logger.warning("cannot kill an attached kernel (%s)", reason)
+
+    def death(self, generation: int, timeout: float) -> Death | None:
+        return None
+
+    def status(self) -> KernelStatus:
+        return KernelStatus("healthy", 0, None)
+
+
+def _alive(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a child still runs, without reaping it (the monitor thread does that)."""
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:  # reaped already
+        return False
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class StartFailed(RuntimeError):
+    """A kernel could not be started; the message says why."""
+
+
+def _read_announcement(fd: int, proc: subprocess.Popen[bytes], deadline: float) -> dict[str, Any]:
+    """The one JSON line a starting kernel writes on its pipe."""
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StartFailed("the kernel did not announce itself in time")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:  # the kernel closed the pipe without a word: it died
+            code = proc.wait()
+            raise StartFailed(f"the kernel process exited with code {code} while starting")
+        data += chunk
+    message: dict[str, Any] = json.loads(data.split(b"\n", 1)[0])
+    return message
+
+
+def _replaced(kernel: LocalKernelProcess, generation: int) -> Callable[[], bool]:
+    """Whether `kernel` has moved past `generation` (or is stopping)."""
+    return lambda: kernel._generation != generation or kernel._stopping
+
+
+class LocalKernelProcess:
+    """Owns a kernel child process and restarts it whenever it dies."""
+
+    def __init__(self, settings: Settings, command: Sequence[str] | None = None) -> None:
+        self.settings = settings
+        self._command = list(command or [sys.executable, "-m", "flight_kernel"])
+        self._cond = threading.Condition()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: KernelConnection | None = None
+        self._generation = 0
+        self._restarts = 0
+        self._ready = False
+        self._stopping = False
+        self._deaths: dict[int, Death] = {}
+        self._kill_reasons: dict[int, tuple[str, ErrorKind]] = {}
+        self._monitor: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the kernel and its monitor; raise `StartFailed` if the first start fails."""
+        failure: list[BaseException] = []
+        self._monitor = threading.Thread(
+            target=self._watch, args=(failure,), name="kernel-monitor", daemon=True
+        )
+        self._monitor.start()
+        with self._cond:
+            self._cond.wait_for(lambda: self._ready or bool(failure))
+        if failure:
+            raise failure[0]
+
+    def _spawn(self) -> None:
+        kernel_id = secrets.token_hex(16)
+        read_fd, write_fd = os.pipe()
+        env = {
+            **os.environ,
+            **self.settings.to_env(),
+            ANNOUNCE_FD: str(write_fd),
+            KERNEL_ID: kernel_id,
+        }
+        try:
+            proc = subprocess.Popen(
+                self._command, env=env, pass_fds=(write_fd,), preexec_fn=_die_with_parent
+            )
+        finally:
+            os.close(write_fd)
+        try:
+            conn = self._verify(proc, read_fd, kernel_id)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+            raise
+        finally:
+            os.close(read_fd)
+        with self._cond:
+            old = self._conn
+            self._proc, self._conn = proc, conn
+            self._generation += 1
+            self._ready = True
+            self._cond.notify_all()
+        if old is not None:
+            old.close()
+        logger.info(
+            "kernel ready (pid %s, generation %s) on %s", proc.pid, self._generation, conn.location
+        )
+
+    def _verify(self, proc: subprocess.Popen[bytes], fd: int, kernel_id: str) -> KernelConnection:
+        """Connect to the kernel that announced itself, checking that it is the one started."""
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        port = self.settings.flight_port
+        try:
+            announced = _read_announcement(fd, proc, deadline)
+        except StartFailed as exc:
+            raise StartFailed(f"{exc} (Flight port {port})") from None
+        if "error" in announced:
+            raise StartFailed(str(announced["error"]))
+        if announced.get("pid") != proc.pid or announced.get("kernel_id") != kernel_id:
+            raise StartFailed(
+                f"a process announced itself as pid {announced.get('pid')}, not as the kernel "
+                f"this service started (pid {proc.pid})"
+            )
+        conn = KernelConnection(str(announced["location"]), self.settings.auth_token)
+        try:
+            health = call_json(conn, "health", timeout=max(1.0, deadline - time.monotonic()))
+        except KernelError as exc:
+            conn.close()
+            raise StartFailed(f"the kernel did not answer on {conn.location}: {exc}") from None
+        if health.get("kernel_id") != kernel_id or health.get("kernel_pid") != proc.pid:
+            conn.close()
+            raise StartFailed(
+                f"Flight port {port} is answered by another process (pid "
+                f"{health.get('kernel_pid')}), not by the kernel this service started "
+                f"(pid {proc.pid}): choose a free KERNEL_FLIGHT_PORT"
+            )
+        return conn
+
+    def _watch(self, failure: list[BaseException]) -> None:
+        # Every spawn happens in this long-lived thread: the kernel's "die with parent"
+        # signal fires when the *thread* that forked it ends, not the process.
+        try:
+            self._spawn()
+        except BaseException as exc:
+            with self._cond:
+                failure.append(exc)
+                self._cond.notify_all()
+            return
+        while True:
+            with self._cond:
+                proc, generation = self._proc, self._generation
+            if proc is None:
+                return
+            code = proc.wait()
+            with self._cond:
+                if self._stopping:
+                    return
+                why = self._kill_reasons.pop(generation, None)
+                death = Death(code, *why) if why is not None else Death(code)
+                self._deaths[generation] = death
+                self._ready = False
+                self._restarts += 1
+                self._cond.notify_all()
+            logger.warning(
+                "kernel (pid %s) %s; restarting it", proc.pid, death.reason or death.describe()
+            )
+            while not self._stopping:
+                try:
+                    self._spawn()
+                    break
+                except Exception as exc:
+                    logger.error("kernel restart failed: %s; retrying", exc)
+                    time.sleep(1.0)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            proc, conn = self._proc, self._conn
+            self._ready = False
+            self._cond.notify_all()
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if conn is not None:
+            conn.close()
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def connection(self, wait: bool = True) -> tuple[int, Connection]:
+        deadline = time.monotonic() + (self.settings.start_timeout_s if wait else 0.0)
+        with self._cond:
+            while True:
+                ok = self._cond.wait_for(
+                    lambda: self._ready or self._stopping,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+                if not ok or self._stopping or self._conn is None or self._proc is None:
+                    raise KernelUnavailable("the kernel is (re)starting; try again shortly")
+                if _alive(self._proc):
+                    return self._generation, self._conn
+                if not wait:
+                    raise KernelUnavailable("the kernel is restarting")
+                # Dead, and the monitor has not noticed yet: a request sent now would be
+                # reported as killed by code it never ran. Wait for the next kernel instead.
+                self._cond.wait_for(
+                    _replaced(self, self._generation),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+
+    def kill(self, generation: int, reason: str, kind: ErrorKind) -> None:
+        with self._cond:
+            if generation != self._generation or self._proc is None:
+                return
+            self._kill_reasons[generation] = (reason, kind)
+            proc = self._proc
+        logger.warning("killing kernel pid %s: %s", proc.pid, reason)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+    def death(self, generation: int, timeout: float) -> Death | None:
+        with self._cond:
+            self._cond.wait_for(lambda: generation in self._deaths, timeout=timeout)
+            return self._deaths.get(generation)
+
+    def status(self) -> KernelStatus:
+        with self._cond:
+            return KernelStatus(
+                "healthy" if self._ready else "starting",
+                self._restarts,
+                self._proc.pid if self._proc is not None else None,
+            )

@@ -1,0 +1,204 @@
+"""`Kernel`: the rules of one kernel over its stores and executor, free of any transport.
+
+It decides what a re-execution clears, who may write which path and what a listing
+says; it returns dataclasses, and the Flight server and actions only shape them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from flight_kernel import __version__
+from flight_kernel.artifacts import ArtifactRecord, ArtifactStore
+from flight_kernel.context import RunningExecution
+from flight_kernel.errors import InvalidRequest, NotFound
+from flight_kernel.executor import Executor
+from flight_kernel.inputs import InputReader
+from flight_kernel.paths import ArtifactPath, FlightPath, OutputPath, TablePath
+from flight_kernel.requests import ExecuteRequest, InterruptRequest
+from flight_kernel.results import ExecutionResult
+from flight_kernel.serialization import (
+    describe_table,
+    from_arrow,
+    is_table_like,
+    pickle_schema,
+    to_arrow,
+)
+from flight_kernel.settings import Settings
+from flight_kernel.tablestore import MemoryTableStore, TableInfo, TableStore, info_of
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """What a clear removed."""
+
+    artifacts: tuple[tuple[int, str], ...] = ()  # (flow_id, name)
+    outputs: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KernelHealth:
+    """What the kernel says of itself."""
+
+    kernel_id: str
+    kernel_pid: int
+    artifact_count: int
+    table_count: int
+    output_count: int
+    running: tuple[RunningExecution, ...]
+    uptime_s: float
+    flight_location: str
+    version: str = __version__
+    status: str = "healthy"
+
+
+@dataclass(frozen=True)
+class FlightEntry:
+    """One listed Flight: its path and what `get_flight_info` reports."""
+
+    path: FlightPath
+    info: TableInfo
+
+
+@dataclass
+class Kernel:
+    """One kernel: tables, outputs and artifacts, and the code that runs over them."""
+
+    settings: Settings = field(default_factory=Settings)
+    tables: TableStore = field(default_factory=MemoryTableStore)
+    artifacts: ArtifactStore = field(default_factory=ArtifactStore)
+    kernel_id: str = ""
+    location: str = ""  # where its Flight server listens, once it does
+
+    def __post_init__(self) -> None:
+        reader = InputReader(self.tables, self.artifacts, self.settings.auth_token)
+        self.executor = Executor(
+            self.tables,
+            self.artifacts,
+            reader,
+            max_stream_bytes=self.settings.max_stream_bytes,
+            default_timeout_s=self.settings.exec_timeout_s,
+        )
+        self._started = time.monotonic()
+
+    # -- executions ------------------------------------------------------------------------
+
+    def execute(self, req: ExecuteRequest) -> ExecutionResult:
+        """Run code; a node's re-execution first drops what it published before."""
+        self.artifacts.clear_nodes([req.node_id], req.flow_id)
+        for path in self.tables.list(f"outputs/{req.flow_id}/{req.node_id}/"):
+            self._delete_quietly(path)
+        return self.executor.run(req)
+
+    def interrupt(self, req: InterruptRequest) -> list[RunningExecution]:
+        return self.executor.interrupt(req)
+
+    def health(self) -> KernelHealth:
+        return KernelHealth(
+            kernel_id=self.kernel_id,
+            kernel_pid=os.getpid(),
+            artifact_count=self.artifacts.count(),
+            table_count=len(self.tables.list("tables/")),
+            output_count=len(self.tables.list("outputs/")),
+            running=tuple(self.executor.running()),
+            uptime_s=round(time.monotonic() - self._started, 3),
+            flight_location=self.location,
+        )
+
+    # -- artifacts and clearing ------------------------------------------------------------
+
+    def list_artifacts(
+        self, flow_id: int | None = None, node_id: str | int | None = None
+    ) -> list[ArtifactRecord]:
+        return [a.record() for a in self.artifacts.find(flow_id, node_id)]
+
+    def clear(self, flow_id: int | None = None) -> Cleared:
+        """Drop everything, or one flow's artifacts and outputs."""
+        arts = self.artifacts.clear(flow_id)
+        outputs = self.tables.list("outputs/" if flow_id is None else f"outputs/{flow_id}/")
+        tables = self.tables.list("tables/") if flow_id is None else []
+        for path in [*outputs, *tables]:
+            self._delete_quietly(path)
+        return Cleared(
+            artifacts=tuple((a.flow_id, a.name) for a in arts),
+            outputs=tuple(str(p) for p in outputs),
+            tables=tuple(p.name for p in tables if isinstance(p, TablePath)),
+        )
+
+    def clear_node_artifacts(self, node_ids: list[str | int], flow_id: int | None) -> Cleared:
+        gone = self.artifacts.clear_nodes(node_ids, flow_id)
+        return Cleared(artifacts=tuple((a.flow_id, a.name) for a in gone))
+
+    def _delete_quietly(self, path: TablePath | OutputPath) -> None:
+        with contextlib.suppress(NotFound):  # deleted meanwhile
+            self.tables.delete(path)
+
+    # -- the data plane --------------------------------------------------------------------
+
+    def put(self, path: FlightPath, reader: pa.RecordBatchReader) -> None:
+        """Store an uploaded stream: a table, or an artifact (restored from its form)."""
+        if isinstance(path, OutputPath):
+            raise InvalidRequest(
+                f"{path} is written by executions only; upload inputs "
+                "to tables/<name> or artifacts/<flow_id>/<name>"
+            )
+        if isinstance(path, TablePath):
+            self.tables.put(path, reader)
+        else:
+            obj = from_arrow(reader.read_all())
+            self.artifacts.publish(path.flow_id, None, path.name, obj, replace=True)
+
+    def _artifact(self, path: ArtifactPath) -> object:
+        try:
+            return self.artifacts.get(path.flow_id, path.name).obj
+        except NotFound as exc:  # Flight clients address by path: name it
+            raise NotFound(f"nothing stored at {path}: {exc.message}") from None
+
+    def table(self, path: FlightPath) -> pa.Table:
+        """What `do_get` streams: the table at a path, or an artifact in its Arrow form."""
+        if isinstance(path, ArtifactPath):
+            return to_arrow(self._artifact(path), str(path))
+        return self.tables.get(path).client()
+
+    def info(self, path: FlightPath) -> TableInfo:
+        """Schema, rows and bytes at a path, without evaluating anything."""
+        if isinstance(path, ArtifactPath):
+            obj = self._artifact(path)
+            if not is_table_like(obj):  # not serialized until someone asks for it
+                return TableInfo(pickle_schema(obj), 1, -1)
+            try:
+                return TableInfo(*describe_table(obj))
+            except Exception as exc:
+                raise InvalidRequest(
+                    f"the schema of artifact {path} cannot be had: {type(exc).__name__}: {exc}"
+                ) from None
+        return info_of(self.tables.get(path))
+
+    def entries(self, prefix: str = "") -> Iterator[FlightEntry]:
+        """Every Flight whose path starts with `prefix`; one that fails is logged and left out."""
+        paths: list[FlightPath] = [*self.tables.list(prefix)]
+        paths += [a.path for a in self.artifacts.find() if str(a.path).startswith(prefix)]
+        for path in paths:
+            try:
+                yield FlightEntry(path, self.info(path))
+            except NotFound:  # deleted meanwhile
+                continue
+            except Exception as exc:
+                logger.warning("list_flights leaves out %s: %s", path, exc)
+
+    def delete(self, path: FlightPath) -> None:
+        """Remove whatever is stored at a path."""
+        if isinstance(path, ArtifactPath):
+            self.artifacts.delete(path.flow_id, path.name)
+        else:
+            self.tables.delete(path)

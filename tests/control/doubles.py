@@ -1,0 +1,36 @@
+"""A kernel double that takes a function (httpx's `MockTransport`, for kernels)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from control.handle import KernelHandle
+from control.processes import AttachedKernel
+from control.router import KernelRouter
+from flight_kernel.settings import Settings
+
+Handler = Callable[[str, dict[str, Any]], Any]
+
+
+class FunctionConnection:
+    """A `Connection` whose every call is `handler(action, body)`, JSON-encoded."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def call(
+        self, action: str, body: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> bytes:
+        self.calls.append((action, body or {}))
+        return json.dumps(self.handler(action, body or {})).encode()
+
+    def close(self) -> None:
+        pass
+
+
+def function_kernels(settings: Settings, handler: Handler) -> KernelRouter:
+    """Kernels for `create_app` that answer every action with `handler`."""
+    return KernelRouter(KernelHandle(AttachedKernel(FunctionConnection(handler)), settings))
