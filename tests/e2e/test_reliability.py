@@ -1,16 +1,16 @@
-"""The real `kernel-runtime serve`: kernel deaths, hangs, interrupts, auth and shutdown."""
+"""The real `kernel-runtime serve`: kernel deaths, hangs, interrupts, auth and shutdown.
+
+Nothing here depends on how long anything takes: the tests and the user code they run meet
+at file latches, and every wait is a poll with a generous deadline.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,94 +20,49 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
+from tests.e2e.service import START_DEADLINE_S, KernelStartGate, Service
+from tests.helpers import Latch, flight_action, poll, post_json
+
 pytestmark = pytest.mark.e2e
 
-SERVE = str(Path(sys.executable).parent / "kernel-runtime")
 TOKEN = "e2e-t0ken-not-for-logs"
+IMPATIENT_GRACE_S = "1"  # for tests of the restart: code that ignores the interrupt never stops
+LATCH_DEADLINE_S = 60.0
+RESULT_DEADLINE_S = 120.0
+# The timeout's timer starts before the user code does. An attempt in which it fired before
+# the code reached its latch tested nothing, so it runs again with a longer timeout.
+TIMEOUTS_S = (0.5, 2.0, 8.0, 32.0)
+STUCK_IN_C = """\
+import os
+r, w = os.pipe()
+try:
+    {reached}
+    os.read(r, 1)  # blocked in C, where KeyboardInterrupt cannot reach
+except KeyboardInterrupt:  # it landed just before the read: block all the same
+    os.read(r, 1)
+"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@contextlib.contextmanager
+def _threads() -> Iterator[ThreadPoolExecutor]:
+    """Threads for requests that block; a failing test does not wait for them to end."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll until `predicate` returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (httpx.HTTPError, OSError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-@dataclass
-class Service:
-    proc: subprocess.Popen[str]
-    http: httpx.Client
-    flight_port: int
-    log_path: Path
-
-    def health(self) -> httpx.Response:
-        return self.http.get("/health")
-
-    def healthy(self) -> dict[str, Any] | None:
-        r = self.health()
-        return r.json() if r.status_code == 200 else None
-
-    def execute(self, code: str, **fields: Any) -> dict[str, Any]:
-        body = {"node_id": "n1", "code": code, **fields}
-        r = self.http.post("/execute", json=body)
-        assert r.status_code == 200, r.text
-        result: dict[str, Any] = r.json()
-        return result
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-def start_service(tmp_path: Path, **env: str) -> Service:
-    http_port, flight_port = free_port(), free_port()
-    log_path = tmp_path / "serve.log"
-    full_env = {
-        **os.environ,
-        "KERNEL_HTTP_PORT": str(http_port),
-        "KERNEL_FLIGHT_PORT": str(flight_port),
-        "KERNEL_INTERRUPT_GRACE_S": "1",
-        **env,
-    }
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [SERVE, "serve"], env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True
-        )
-    headers = (
-        {"Authorization": f"Bearer {env['KERNEL_AUTH_TOKEN']}"}
-        if "KERNEL_AUTH_TOKEN" in env
-        else {}
-    )
-    http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", headers=headers, timeout=60)
-    service = Service(proc, http, flight_port, log_path)
-    wait_for(service.healthy)
-    return service
-
-
-def stop_service(service: Service) -> int:
-    service.http.close()
-    if service.proc.poll() is None:
-        service.proc.send_signal(signal.SIGTERM)
-    return service.proc.wait(timeout=60)
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    svc = start_service(tmp_path)
-    yield svc
-    stop_service(svc)
+def _timed_out_past(
+    service: Service, tmp_path: Path, code: Callable[[Latch], str], **fields: Any
+) -> dict[str, Any]:
+    """The answer to `code(latch)` run with a timeout that fired after the code set the latch."""
+    for attempt, timeout in enumerate(TIMEOUTS_S):
+        reached = Latch(tmp_path / f"reached-{attempt}")
+        result = service.execute(code(reached), timeout_s=timeout, **fields)
+        if reached.is_set():
+            return result
+    pytest.fail(f"the code never reached its latch within timeout_s={TIMEOUTS_S[-1]:g}")
 
 
 @pytest.mark.parametrize(
@@ -123,8 +78,10 @@ def service(tmp_path: Path) -> Iterator[Service]:
     ],
 )
 def test_kernel_death_is_answered_and_survived(service: Service, code: str, how: str) -> None:
-    service.execute("flowfile.publish_artifact('a', 1)", node_id="keep", flow_id=1)
-    before = wait_for(service.healthy)
+    kept = service.execute("flowfile.publish_artifact('a', 1)", node_id="keep", flow_id=1)
+    assert kept["success"], kept
+    before = service.healthy()
+    assert before["artifact_count"] == 1
 
     result = service.execute(code, flow_id=1)
 
@@ -133,7 +90,7 @@ def test_kernel_death_is_answered_and_survived(service: Service, code: str, how:
     assert result["error"].startswith("KernelDied: ")
     assert how in result["error"]
     assert set(result["lost_state"]) >= {"artifacts"}
-    after = wait_for(service.healthy)
+    after = service.healthy()
     assert after["restarts"] == before["restarts"] + 1
     assert after["kernel_pid"] != before["kernel_pid"]
     assert after["artifact_count"] == 0  # died with the kernel, as the response said
@@ -141,30 +98,42 @@ def test_kernel_death_is_answered_and_survived(service: Service, code: str, how:
 
 
 def test_kernel_death_between_requests_is_survived(service: Service) -> None:
-    pid = wait_for(service.healthy)["kernel_pid"]
+    pid = service.healthy()["kernel_pid"]
 
     os.kill(pid, signal.SIGKILL)
     result = service.execute("print('after')")  # waits for the restart instead of failing
 
     assert result["success"] is True
     assert result["stdout"] == "after\n"
-    health = wait_for(service.healthy)
+    health = service.healthy()
     assert health["restarts"] == 1
     assert health["kernel_pid"] != pid
 
 
-def test_health_says_starting_while_the_kernel_restarts(service: Service) -> None:
-    pid = wait_for(service.healthy)["kernel_pid"]
+def test_health_says_starting_while_the_kernel_restarts(start_service, tmp_path: Path) -> None:
+    gate = KernelStartGate(tmp_path / "gate")
+    service = start_service(**gate.env())
+    pid = service.healthy()["kernel_pid"]
+    gate.close()
     os.kill(pid, signal.SIGKILL)
+    gate.held.wait(START_DEADLINE_S, "the next kernel to start", detail=service.log)
 
-    starting = wait_for(lambda: (r := service.health()).status_code == 503 and r.json(), 30)
+    starting = service.http.get("/health")
+    gate.open()
 
-    assert starting["status"] == "starting"
-    assert wait_for(service.healthy)["status"] == "healthy"
+    assert starting.status_code == 503, starting.text
+    assert starting.json()["status"] == "starting"
+    after = service.healthy()
+    assert after["restarts"] == 1
+    assert after["kernel_pid"] != pid
 
 
-def test_timeout_stops_code_and_keeps_its_output(service: Service) -> None:
-    result = service.execute("print('before')\nwhile True:\n    pass", timeout_s=0.5)
+def test_timeout_stops_code_and_keeps_its_output(service: Service, tmp_path: Path) -> None:
+    result = _timed_out_past(
+        service,
+        tmp_path,
+        lambda reached: f"print('before')\n{reached.set_code()}\nwhile True: pass",
+    )
 
     assert result["success"] is False
     assert result["error"].startswith("Timeout")
@@ -173,125 +142,154 @@ def test_timeout_stops_code_and_keeps_its_output(service: Service) -> None:
     assert service.execute("x = 1")["success"] is True
 
 
-def test_timeout_of_code_stuck_in_c_restarts_the_kernel(service: Service) -> None:
-    result = service.execute("import time\ntime.sleep(120)", timeout_s=0.5)
+def test_timeout_of_code_stuck_in_c_restarts_the_kernel(start_service, tmp_path: Path) -> None:
+    service = start_service(KERNEL_INTERRUPT_GRACE_S=IMPATIENT_GRACE_S)
+    pid = service.healthy()["kernel_pid"]
+
+    result = _timed_out_past(
+        service, tmp_path, lambda reached: STUCK_IN_C.format(reached=reached.set_code())
+    )
 
     assert result["success"] is False
     assert result["error"].startswith("Timeout")
     assert result["kernel_restarted"] is True
+    assert service.healthy()["kernel_pid"] != pid
     assert service.execute("x = 1")["success"] is True
 
 
-def test_default_timeout_comes_from_the_environment(tmp_path: Path) -> None:
-    svc = start_service(tmp_path, KERNEL_EXEC_TIMEOUT_S="0.5")
-    try:
-        result = svc.execute("while True:\n    pass")
-        assert result["error"].startswith("Timeout")
-    finally:
-        stop_service(svc)
+def test_default_timeout_comes_from_the_environment(start_service) -> None:
+    service = start_service(KERNEL_EXEC_TIMEOUT_S="0.5")
+
+    result = service.execute("while True:\n    pass")
+
+    assert result["success"] is False
+    assert result["error"].startswith("Timeout: execution exceeded timeout_s=0.5")
 
 
-def _run_in_thread(
-    service: Service, code: str, **fields: Any
-) -> tuple[threading.Thread, dict[str, Any]]:
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        out.update(service.execute(code, **fields))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
-
-
-def _wait_running(service: Service, count: int) -> None:
-    wait_for(lambda: len(service.healthy()["running"]) >= count)  # type: ignore[index]
-
-
-def test_interrupt_stops_only_the_matching_flow(service: Service) -> None:
-    loop = "import time\nprint('started')\nwhile True:\n    time.sleep(0.01)"
-    victim, victim_out = _run_in_thread(service, loop, flow_id=1, node_id="a")
-    other, other_out = _run_in_thread(
-        service,
-        "import time\nfor _ in range(100):\n    time.sleep(0.01)\nprint('finished')",
-        flow_id=2,
-        node_id="b",
+def test_interrupt_stops_only_the_matching_flow(service: Service, tmp_path: Path) -> None:
+    victim_running = Latch(tmp_path / "victim-running")
+    other_running = Latch(tmp_path / "other-running")
+    other_may_finish = Latch(tmp_path / "other-may-finish")
+    victim_code = (
+        f"import time\nprint('started')\n{victim_running.set_code()}\n"
+        "while True:\n    time.sleep(0.01)\n"
     )
-    _wait_running(service, 2)
+    other_code = f"{other_running.set_code()}\n{other_may_finish.wait_code()}print('finished')\n"
+    with _threads() as pool:
+        victim = pool.submit(service.execute, victim_code, flow_id=1, node_id="a")
+        other = pool.submit(service.execute, other_code, flow_id=2, node_id="b")
+        victim_running.wait(LATCH_DEADLINE_S, "flow 1's code to run", detail=service.log)
+        other_running.wait(LATCH_DEADLINE_S, "flow 2's code to run", detail=service.log)
 
-    answer = service.http.post("/interrupt", json={"flow_id": 1}).json()
-    victim.join(30)
-    other.join(30)
+        answer = post_json(service.http, "/interrupt", {"flow_id": 1})
+        victim_out = victim.result(timeout=RESULT_DEADLINE_S)
+        other_may_finish.set()
+        other_out = other.result(timeout=RESULT_DEADLINE_S)
 
     assert [(i["flow_id"], i["node_id"]) for i in answer["interrupted"]] == [(1, "a")]
     assert victim_out["success"] is False
     assert victim_out["error"].startswith("Interrupted")
     assert victim_out["stdout"] == "started\n"
-    assert other_out["success"] is True
+    assert other_out["success"] is True, other_out
     assert other_out["stdout"] == "finished\n"
 
 
 def test_interrupt_with_nothing_running_matches_nothing(service: Service) -> None:
-    assert service.http.post("/interrupt", json={}).json() == {"interrupted": []}
+    assert post_json(service.http, "/interrupt", {}) == {"interrupted": []}
 
 
-def test_code_ignoring_the_interrupt_is_ended_by_a_restart(service: Service) -> None:
+def test_code_ignoring_the_interrupt_is_ended_by_a_restart(start_service, tmp_path: Path) -> None:
+    service = start_service(KERNEL_INTERRUPT_GRACE_S=IMPATIENT_GRACE_S)
+    running = Latch(tmp_path / "running")
     stubborn = (
-        "import time\nwhile True:\n    try:\n        time.sleep(0.01)\n"
-        "    except KeyboardInterrupt:\n        pass"
+        "import time\ntry:\n"
+        f"    {running.set_code()}\n"
+        "    while True:\n        time.sleep(0.01)\n"
+        "except KeyboardInterrupt:\n    pass  # ignored\n"
+        "while True:\n    time.sleep(0.01)\n"
     )
-    thread, out = _run_in_thread(service, stubborn, flow_id=3)
-    _wait_running(service, 1)
+    with _threads() as pool:
+        execution = pool.submit(service.execute, stubborn, flow_id=3)
+        running.wait(LATCH_DEADLINE_S, "the stubborn code to run", detail=service.log)
 
-    service.http.post("/interrupt", json={"flow_id": 3})
-    thread.join(60)
+        answer = post_json(service.http, "/interrupt", {"flow_id": 3})
+        out = execution.result(timeout=RESULT_DEADLINE_S)
 
+    assert [i["flow_id"] for i in answer["interrupted"]] == [3]
     assert out["success"] is False
     assert out["error"].startswith("Interrupted")
     assert out["kernel_restarted"] is True
     assert service.execute("x = 1")["success"] is True
 
 
-def test_auth_token_guards_both_planes_and_stays_out_of_logs(tmp_path: Path) -> None:
-    svc = start_service(tmp_path, KERNEL_AUTH_TOKEN=TOKEN)
+def test_auth_token_guards_both_planes_and_stays_out_of_logs(start_service) -> None:
+    service = start_service(KERNEL_AUTH_TOKEN=TOKEN)
+    base = str(service.http.base_url)
+    assert httpx.get(f"{base}/health").status_code == 200
+    assert httpx.post(f"{base}/execute", json={"node_id": 1, "code": "x=1"}).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.get(f"{base}/artifacts", headers=wrong).status_code == 401
+    assert service.execute("x = 1")["success"] is True
+
+    table = pa.table({"x": [1, 2]})
+    good = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {TOKEN}".encode())])
+    with flight.connect(service.flight_url) as client:
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            client.do_get(flight.Ticket(b"tables/t")).read_all()
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            flight_action(client, "health")
+        writer, _ = client.do_put(
+            flight.FlightDescriptor.for_path("tables", "t"), table.schema, good
+        )
+        writer.write_table(table)
+        writer.close()
+        assert client.do_get(flight.Ticket(b"tables/t"), good).read_all().equals(table)
+        assert flight_action(client, "health", options=good)["status"] == "healthy"
+
+    assert service.stop() == 0
+    log = service.log()
+    assert "kernel ready" in log  # the log holds what both planes said
+    assert TOKEN not in log
+
+
+def _refuses_connections(url: httpx.URL) -> bool:
     try:
-        base = str(svc.http.base_url)
-        assert httpx.get(f"{base}/health").status_code == 200
-        assert httpx.post(f"{base}/execute", json={"node_id": 1, "code": "x=1"}).status_code == 401
-        wrong = {"Authorization": "Bearer nope"}
-        assert httpx.get(f"{base}/artifacts", headers=wrong).status_code == 401
-        assert svc.execute("x = 1")["success"] is True
-
-        table = pa.table({"x": [1, 2]})
-        with flight.connect(f"grpc://127.0.0.1:{svc.flight_port}") as client:
-            with pytest.raises(flight.FlightUnauthenticatedError):
-                client.do_get(flight.Ticket(b"tables/t")).read_all()
-            good = flight.FlightCallOptions(
-                headers=[(b"authorization", f"Bearer {TOKEN}".encode())]
-            )
-            writer, _ = client.do_put(
-                flight.FlightDescriptor.for_path("tables", "t"), table.schema, good
-            )
-            writer.write_table(table)
-            writer.close()
-            assert client.do_get(flight.Ticket(b"tables/t"), good).read_all().equals(table)
-    finally:
-        stop_service(svc)
-    assert TOKEN not in svc.log()
+        httpx.get(url, timeout=10.0)
+    except httpx.ConnectError:
+        return True
+    return False
 
 
-def test_sigterm_lets_running_work_finish_and_leaves_no_process(service: Service) -> None:
-    kernel_pid = wait_for(service.healthy)["kernel_pid"]
-    thread, out = _run_in_thread(service, "import time\ntime.sleep(1)\nprint('done')")
-    _wait_running(service, 1)
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
-    service.proc.send_signal(signal.SIGTERM)
-    thread.join(60)
-    code = service.proc.wait(timeout=60)
 
-    assert out["stdout"] == "done\n"
-    assert code == 0
-    assert (
-        not psutil.pid_exists(kernel_pid)
-        or psutil.Process(kernel_pid).status() == psutil.STATUS_ZOMBIE
-    )
+def test_sigterm_stops_accepting_lets_running_work_finish_and_leaves_no_process(
+    start_service, tmp_path: Path
+) -> None:
+    service = start_service(KERNEL_SHUTDOWN_GRACE_S="120")  # the test says when work finishes
+    kernel_pid = service.healthy()["kernel_pid"]
+    assert service.kernel_pids() == [kernel_pid]
+    running, may_finish = Latch(tmp_path / "running"), Latch(tmp_path / "may-finish")
+    code = f"{running.set_code()}\n{may_finish.wait_code()}print('done')\n"
+    with _threads() as pool:
+        work = pool.submit(service.execute, code)
+        running.wait(LATCH_DEADLINE_S, "the code to run", detail=service.log)
+
+        service.proc.send_signal(signal.SIGTERM)
+        poll(
+            lambda: _refuses_connections(service.http.base_url.join("/health")),
+            30.0,
+            "serve to stop accepting connections after SIGTERM",
+            detail=service.log,
+        )
+        may_finish.set()
+        result = work.result(timeout=RESULT_DEADLINE_S)
+
+    assert result["success"] is True, result
+    assert result["stdout"] == "done\n"
+    assert service.stop() == 0, service.log()
+    poll(lambda: _gone(kernel_pid), 30.0, f"the kernel (pid {kernel_pid}) to be gone")
