@@ -1,67 +1,101 @@
-"""entrypoint.sh outside a container: installs KERNEL_PACKAGES from PATH's pip, then serves."""
+"""entrypoint.sh outside a container: installs KERNEL_PACKAGES from PATH's pip, then serves.
+
+It runs in a throwaway venv layered over the suite's (which it can read but never writes to):
+pip installs the probe package there, and `kernel-runtime` there runs that venv's Python.
+"""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import importlib.util
 import os
 import signal
-import socket
+import site
 import subprocess
 import sys
-import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.helpers import execute, free_port, healthy, poll
+
 ENTRYPOINT = Path(__file__).resolve().parents[1] / "entrypoint.sh"
-VENV_BIN = Path(sys.executable).parent  # the project's venv, which runs the suite
-PROBE_DIST = "kernel-runtime-entrypoint-probe"
+PROBE_DIST = "kernel_runtime_entrypoint_probe"
 PROBE_MODULE = "kernel_runtime_entrypoint_probe"
-START_DEADLINE_S = 180.0  # includes pip building and installing the probe package
+PROBE_VERSION = "0.1.0"
+GREETING = "installed by entrypoint.sh"
+START_DEADLINE_S = 180.0
 STOP_DEADLINE_S = 60.0
+KERNEL_RUNTIME_SCRIPT = """\
+#!{python}
+import sys
+from control.cli import main
+sys.exit(main())
+"""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False
-    )
+@pytest.fixture(scope="module")
+def layered_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv with its own pip that also sees the suite venv's packages; its bin directory."""
+    venv = tmp_path_factory.mktemp("entrypoint") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    bin_dir = venv / "bin"
+    python = bin_dir / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # Its own site-packages come first; the suite's (with its .pth files) after them.
+    suite_site = site.getsitepackages()[0]
+    (Path(purelib) / "suite-venv.pth").write_text(f"import site; site.addsitedir({suite_site!r})\n")
+    script = bin_dir / "kernel-runtime"
+    script.write_text(KERNEL_RUNTIME_SCRIPT.format(python=python))
+    script.chmod(0o755)
+    return bin_dir
 
 
 @pytest.fixture
-def probe_package(tmp_path: Path) -> Iterator[Path]:
-    """A one-module package in a directory, installable by path; uninstalled afterwards."""
-    source = tmp_path / "probe"
-    source.mkdir()
-    (source / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        f'[project]\nname = "{PROBE_DIST}"\nversion = "0.1.0"\n\n'
-        f'[tool.setuptools]\npy-modules = ["{PROBE_MODULE}"]\n'
-    )
-    (source / f"{PROBE_MODULE}.py").write_text('GREETING = "installed by entrypoint.sh"\n')
-    yield source
-    # The suite's venv must stay as `make install` left it.
-    uninstall = _pip("uninstall", "-y", PROBE_DIST)
-    assert uninstall.returncode == 0, uninstall.stderr
+def probe_wheel(tmp_path: Path) -> Path:
+    """A one-module wheel, installable without an index or a build backend."""
+    files = {
+        f"{PROBE_MODULE}.py": f"GREETING = {GREETING!r}\n".encode(),
+        f"{PROBE_DIST}-{PROBE_VERSION}.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {PROBE_DIST}\nVersion: {PROBE_VERSION}\n".encode()
+        ),
+        f"{PROBE_DIST}-{PROBE_VERSION}.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = f"{PROBE_DIST}-{PROBE_VERSION}.dist-info/RECORD"
+    lines = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        lines.append(f"{name},sha256={digest},{len(data)}\n")
+    files[record] = ("".join(lines) + f"{record},,\n").encode()
+    wheel = tmp_path / f"{PROBE_DIST}-{PROBE_VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return wheel
 
 
-def _environment(packages: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KERNEL_")}
+def _environment(bin_dir: Path, packages: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_", "PIP_"))}
     env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        PIP_NO_INDEX="1",  # what the tests install is on disk
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
         KERNEL_PACKAGES=packages,
         KERNEL_HOST="127.0.0.1",
-        KERNEL_HTTP_PORT=str(_free_port()),
-        KERNEL_FLIGHT_PORT=str(_free_port()),
+        KERNEL_HTTP_PORT=str(free_port()),
+        KERNEL_FLIGHT_PORT=str(free_port()),
     )
     return env
 
@@ -79,50 +113,39 @@ def _started(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]
         proc.wait()
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], http: httpx.Client, log: Path) -> None:
-    """Poll /health until it answers 200; fail when the process exits or time runs out."""
-    deadline = time.monotonic() + START_DEADLINE_S
-    while True:
-        with contextlib.suppress(httpx.TransportError):  # not listening yet
-            if http.get("/health").status_code == 200:
-                return
-        if proc.poll() is not None:
-            pytest.fail(f"entrypoint.sh exited with {proc.returncode}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"not healthy within {START_DEADLINE_S:g} s:\n{log.read_text()}")
-        time.sleep(0.1)  # a polling interval
-
-
-def _execute(http: httpx.Client, code: str) -> dict[str, Any]:
-    response = http.post("/execute", json={"node_id": "probe", "code": code})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def test_installs_kernel_packages_then_serves(probe_package: Path, tmp_path: Path) -> None:
-    env = _environment(str(probe_package))
+def test_installs_kernel_packages_then_serves(
+    layered_venv: Path, probe_wheel: Path, tmp_path: Path
+) -> None:
+    env = _environment(layered_venv, str(probe_wheel))
     log = tmp_path / "entrypoint.log"
     with (
         _started(env, log) as proc,
         httpx.Client(base_url=f"http://127.0.0.1:{env['KERNEL_HTTP_PORT']}", timeout=60.0) as http,
     ):
-        _wait_healthy(proc, http, log)
-        result = _execute(http, f"import {PROBE_MODULE}\nprint({PROBE_MODULE}.GREETING)")
+
+        def serving() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"entrypoint.sh exited with {proc.returncode}:\n{log.read_text()}")
+            return healthy(http) is not None
+
+        poll(serving, START_DEADLINE_S, "/health to answer 200", detail=log.read_text)
+        result = execute(http, f"import {PROBE_MODULE}\nprint({PROBE_MODULE}.GREETING)")
         assert result["success"], result
-        assert result["stdout"] == "installed by entrypoint.sh\n"
+        assert result["stdout"] == f"{GREETING}\n"
 
         proc.send_signal(signal.SIGTERM)  # reaches the server: entrypoint.sh exec'd it
         assert proc.wait(timeout=STOP_DEADLINE_S) == 0, log.read_text()
-    assert f"installing KERNEL_PACKAGES: {probe_package}" in log.read_text()
+    assert f"installing KERNEL_PACKAGES: {probe_wheel}" in log.read_text()
+    assert importlib.util.find_spec(PROBE_MODULE) is None  # the suite's venv is untouched
 
 
-def test_failed_install_stops_before_serving(tmp_path: Path) -> None:
+def test_failed_install_stops_before_serving(layered_venv: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-package"  # a path: pip fails without asking any index
-    env = _environment(str(missing))
+    env = _environment(layered_venv, str(missing))
     log = tmp_path / "entrypoint.log"
     with _started(env, log) as proc:
         assert proc.wait(timeout=STOP_DEADLINE_S) != 0
     output = log.read_text()
     assert "ERROR: pip install of KERNEL_PACKAGES failed" in output
+    assert "KERNEL_PACKAGES installed" not in output
     assert "Uvicorn running" not in output and "kernel ready" not in output
