@@ -14,7 +14,14 @@ from tests.image import podman
 @pytest.fixture(scope="session")
 def image() -> str:
     """The project's image, built on the cached local base; skips when podman cannot run."""
-    podman.ensure_tools()
+    missing = podman.missing("podman", "runc")
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (.ci/run apt-installs the tools)")
+    if not podman.image_exists(podman.BASE_TAG) and podman.missing("debootstrap"):
+        pytest.skip(
+            f"debootstrap not installed (.ci/run apt-installs the tools), and the base image "
+            f"{podman.BASE_TAG} it builds is not cached"
+        )
     base = podman.base_image()
     problem = podman.container_start_problem(base)
     if problem is not None:

@@ -1,19 +1,7 @@
-"""Podman as these machines need it: the tools, a cached Debian base image, builds and runs.
+"""Podman as these machines need it: a cached Debian base image, builds and runs.
 
-Notes for these machines, kept here as code (the README's development section repeats them):
-* `podman --runtime runc`: the default runtime fails on the cgroup setup here.
-* Every `run` passes `--ulimit nofile=…,nproc=…` no higher than podman's own limits: podman's
-  defaults (1048576) exceed the hard limits here, and without CAP_SYS_RESOURCE runc may not
-  raise them ("error setting rlimit type 7: operation not permitted").
-* Builds use `--network host`; runs publish the ports (`-p 127.0.0.1::9999`), which also checks
-  that the server binds 0.0.0.0 and that Flight works behind a port mapping. Where the bridge
-  network does not work, KERNEL_IMAGE_TEST_NETWORK=host runs with host networking and free
-  ports passed as KERNEL_HTTP_PORT / KERNEL_FLIGHT_PORT instead.
-* pip inside must trust the host's CA bundle (a TLS-inspecting proxy sits in front of the
-  package index): the bundle is mounted over the container's, and PIP_CERT points at it,
-  because the venv's pip (23.0 on bookworm) reads certifi's bundle, not the system's.
-  The host's other pip settings (index, timeout, proxy) pass through when they make sense in a
-  container; `file://` indexes and find-links on the host's disk do not.
+The notes behind the flags below are in tests/image/README.md. `.ci/run` installs podman,
+runc and debootstrap; elsewhere the image fixture skips, naming what is missing.
 """
 
 from __future__ import annotations
@@ -22,11 +10,9 @@ import contextlib
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers import free_port, healthy, poll
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE_TAG = "localhost/kernel-runtime-base:bookworm"
 IMAGE_TAG = "localhost/kernel-runtime:test"
@@ -43,7 +31,6 @@ BASE_SUITE = "bookworm"
 BASE_PACKAGES = "python3,python3-venv,curl,ca-certificates"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-TOOLS = {"podman": "podman", "runc": "runc", "debootstrap": "debootstrap"}  # command: package
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CONTAINER_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 NETWORK_ENV = "KERNEL_IMAGE_TEST_NETWORK"
@@ -82,19 +69,9 @@ def podman(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return run(["podman", "--runtime", "runc", *args], **kwargs)
 
 
-def ensure_tools() -> None:
-    """Install podman, runc and debootstrap with apt-get where missing; skip if impossible."""
-    missing = [package for command, package in TOOLS.items() if shutil.which(command) is None]
-    if not missing:
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(
-            f"podman cannot run containers here: {', '.join(missing)} missing, and "
-            "installing them needs root and apt-get"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-q"], env=env)
-    run(["apt-get", "install", "-y", "-q", *missing], env=env)
+def missing(*commands: str) -> list[str]:
+    """Those of `commands` not found on PATH."""
+    return [command for command in commands if shutil.which(command) is None]
 
 
 def _hard_limit(kind: int, cap: int) -> int:
@@ -213,14 +190,6 @@ def build_image(base: str) -> str:
     return IMAGE_TAG
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Container:
     """A running kernel-runtime container and how to reach its two planes."""
@@ -253,25 +222,18 @@ class Container:
 
     def wait_healthy(self, client: httpx.Client) -> dict[str, Any]:
         """Poll /health until it answers 200; fail when the container exits or time runs out."""
-        deadline = time.monotonic() + START_DEADLINE_S
-        while True:
-            with contextlib.suppress(httpx.TransportError):  # not listening yet
-                response = client.get("/health")
-                if response.status_code == 200:
-                    body: dict[str, Any] = response.json()
-                    return body
+
+        def answer() -> dict[str, Any] | None:
             if self.state() != "running":
                 pytest.fail(
                     f"container {self.name} stopped before it was healthy:\n{self.logs()}",
                     pytrace=False,
                 )
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"container {self.name} not healthy within {START_DEADLINE_S:g} s:"
-                    f"\n{self.logs()}",
-                    pytrace=False,
-                )
-            time.sleep(0.2)  # a polling interval
+            return healthy(client)
+
+        return poll(
+            answer, START_DEADLINE_S, f"container {self.name} to be healthy", detail=self.logs
+        )
 
 
 def _published_port(name: str, port: int) -> int:

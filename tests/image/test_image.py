@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import polars as pl
@@ -12,20 +11,13 @@ import pyarrow.flight as flight
 import pytest
 
 from tests.control.test_seed_examples import COMPLETE_EXAMPLE
+from tests.helpers import execute
 from tests.image import podman
 
 pytestmark = pytest.mark.image
 
 EXTRA_PACKAGE = "tabulate"  # small, pure Python, and not a dependency of the image
 USES_EXTRA_PACKAGE = "import tabulate\nprint(tabulate.tabulate([['kernel', 7]]))"
-
-
-def execute(http: httpx.Client, code: str, **fields: Any) -> dict[str, Any]:
-    """POST /execute and return the JSON answer (HTTP 200 expected)."""
-    response = http.post("/execute", json={"node_id": "node_1", "code": code, **fields})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def test_health_and_healthcheck(kernel: podman.Container, http: httpx.Client) -> None:
