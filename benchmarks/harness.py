@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,16 +340,3 @@ class RssSampler:
         self._thread.join()
         with contextlib.suppress(psutil.Error):
             self.peak = max(self.peak, self._proc.memory_info().rss)
-
-
-@contextlib.contextmanager
-def background(loop: Callable[[threading.Event], None]) -> Iterator[threading.Event]:
-    """Run `loop(stop)` in a thread for the duration of the block."""
-    stop = threading.Event()
-    thread = threading.Thread(target=loop, args=(stop,), name="bench-background", daemon=True)
-    thread.start()
-    try:
-        yield stop
-    finally:
-        stop.set()
-        thread.join()

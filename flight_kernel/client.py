@@ -96,7 +96,6 @@ class KernelClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._token = token
         self._http = httpx.Client(base_url=http_url, headers=headers, timeout=timeout)
-        self._flight_url = flight_url
         self._flight = flight.connect(flight_url)
         self._options = call_options(token)
 

@@ -614,3 +614,26 @@ def test_secured_server_accepts_the_bearer_token(secured: flight.FlightClient) -
     put(secured, "tables/t", table, GOOD_TOKEN)
     assert get(secured, "tables/t", GOOD_TOKEN).equals(table)
     assert action(secured, "health", options=GOOD_TOKEN)["status"] == "healthy"
+
+
+def test_listing_never_runs_a_lazy_query_and_skips_what_has_no_schema(
+    kernel_server: KernelFlightServer, flight_client: flight.FlightClient
+) -> None:
+    import polars as pl
+
+    def boom(s: pl.Series) -> pl.Series:
+        raise RuntimeError("ran the query")
+
+    lazy = pl.LazyFrame({"a": [1, 2]}).select(pl.col("a").map_batches(boom, return_dtype=pl.Int64))
+    broken = pl.LazyFrame({"a": [1]}).select(pl.col("missing"))
+    kernel_server.kernel.artifacts.publish(1, None, "lazy", lazy)
+    kernel_server.kernel.artifacts.publish(1, None, "broken", broken)
+
+    infos = list(flight_client.list_flights(b"artifacts/1/"))
+
+    assert [i.descriptor.path for i in infos] == [[b"artifacts", b"1", b"lazy"]]
+    assert (infos[0].total_records, infos[0].total_bytes) == (-1, -1)
+    assert infos[0].schema.names == ["a"]
+    descriptor = flight.FlightDescriptor.for_path("artifacts", "1", "broken")
+    with pytest.raises(flight.FlightServerError, match="artifacts/1/broken"):
+        flight_client.get_flight_info(descriptor)
