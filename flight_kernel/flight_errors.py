@@ -8,6 +8,7 @@ tables are keyed by the classes of `flight_kernel.errors` and looked up along th
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from flight_kernel.errors import (
     SerializationFailed,
     Unauthenticated,
     decode_error,
+    error_classes,
     lookup,
 )
 
@@ -69,7 +71,16 @@ def clean_message(message: str) -> str:
     """Flight appends gRPC debug context (and for KeyError a server traceback): cut it."""
     for marker in (". Detail:", ". gRPC client debug context:", ". Client context:"):
         message = message.split(marker, 1)[0]
-    return message.strip().strip("'\"")
+    return message.strip()
+
+
+def _unquote(message: str) -> str:
+    """A `KeyError` travels as the repr of its message: undo exactly that."""
+    try:
+        value = ast.literal_eval(message)
+    except (ValueError, SyntaxError):
+        return message
+    return value if isinstance(value, str) else message
 
 
 @contextlib.contextmanager
@@ -78,9 +89,9 @@ def client_errors(what: str) -> Iterator[None]:
     try:
         yield
     except KeyError as exc:
-        raise NotFound(clean_message(str(exc))) from None
-    except flight.FlightUnauthenticatedError:
-        raise Unauthenticated(f"{what}: missing or invalid bearer token") from None
+        raise NotFound(_unquote(clean_message(str(exc)))) from None
+    except flight.FlightUnauthenticatedError as exc:
+        raise Unauthenticated(clean_message(str(exc))) from None
     except flight.FlightTimedOutError as exc:
         raise DeadlineExceeded(f"{what}: no answer in time: {clean_message(str(exc))}") from None
     except flight.FlightServerError as exc:
@@ -88,8 +99,8 @@ def client_errors(what: str) -> Iterator[None]:
         raise decode_error(kind, clean_message(str(exc))) from None
     except (flight.FlightUnavailableError, flight.FlightCancelledError, OSError) as exc:
         kind = (getattr(exc, "extra_info", None) or b"").decode(errors="replace")
-        if kind == "KernelUnavailable":  # the server said so itself
-            raise KernelUnavailable(clean_message(str(exc))) from None
+        if kind in error_classes():  # the server said so itself
+            raise decode_error(kind, clean_message(str(exc))) from None
         raise ConnectionLost(f"{what}: {clean_message(str(exc))}") from None
     except (flight.FlightError, pa.ArrowException) as exc:  # internal errors, a closed client
         raise KernelError(f"{what}: {clean_message(str(exc))}") from None

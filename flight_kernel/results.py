@@ -87,6 +87,9 @@ class ExecutionResult:
     def to_json(self) -> dict[str, Any]:
         """The JSON body: sequences as lists, the error kind as its string."""
         body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in body.items():
+            if isinstance(value, list):  # the body is the caller's to change, the result not
+                body[name] = list(value)
         body["logs"] = [dataclasses.asdict(r) for r in self.logs]
         body["error_kind"] = None if self.error_kind is None else self.error_kind.value
         return body

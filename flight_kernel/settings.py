@@ -26,6 +26,12 @@ def _read(
         raise ConfigError(f"Config {key!r} has value {raw!r}. Not a valid {what}.") from None
 
 
+def _text(environ: Mapping[str, str], key: str) -> str | None:
+    """A text variable; unset, empty and blank all mean "not given"."""
+    value = environ.get(key, "").strip()
+    return value or None
+
+
 def _port(raw: str) -> int:
     port = int(raw)
     if not 0 <= port <= 65535:
@@ -76,17 +82,17 @@ class Settings:
         d = cls()
         e = environ
         return cls(
-            host=e.get("KERNEL_HOST") or d.host,
+            host=_text(e, "KERNEL_HOST") or d.host,
             http_port=_read(e, "KERNEL_HTTP_PORT", _port, d.http_port, "port (0-65535)"),
             flight_port=_read(e, "KERNEL_FLIGHT_PORT", _port, d.flight_port, "port (0-65535)"),
-            auth_token=e.get("KERNEL_AUTH_TOKEN") or None,
+            auth_token=_text(e, "KERNEL_AUTH_TOKEN"),
             exec_timeout_s=_read(
                 e, "KERNEL_EXEC_TIMEOUT_S", _positive, d.exec_timeout_s, "positive number"
             ),
             max_stream_bytes=_read(
                 e, "KERNEL_MAX_STREAM_BYTES", _size, d.max_stream_bytes, "positive integer"
             ),
-            advertise_location=e.get("KERNEL_ADVERTISE_LOCATION") or None,
+            advertise_location=_text(e, "KERNEL_ADVERTISE_LOCATION"),
             log_level=_read(e, "KERNEL_LOG_LEVEL", _level, d.log_level, "log level"),
             interrupt_grace_s=_read(
                 e, "KERNEL_INTERRUPT_GRACE_S", _positive, d.interrupt_grace_s, "positive number"
