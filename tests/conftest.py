@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +19,7 @@ from control.router import KernelRouter
 from flight_kernel.kernel import Kernel
 from flight_kernel.server import KernelFlightServer
 from flight_kernel.settings import Settings
+from tests.helpers import execute
 
 
 def attached(settings: Settings, location: str) -> KernelRouter:
@@ -60,29 +61,7 @@ def client(
 
 
 @pytest.fixture
-def wait_until() -> Callable[..., None]:
-    """Poll `predicate` until it is true; fail the test when `timeout` seconds pass first."""
-
-    def wait(
-        predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-            time.sleep(0.01)  # a polling interval, not a wait for something
-
-    return wait
-
-
-@pytest.fixture
 def run_code(client: TestClient) -> Callable[..., dict[str, Any]]:
     """POST /execute through `client`; the body is `node_id`, `code` and any other fields."""
 
-    def run(code: str, node_id: str | int = "node_1", **fields: Any) -> dict[str, Any]:
-        response = client.post("/execute", json={"node_id": node_id, "code": code, **fields})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    return run
+    return functools.partial(execute, client)

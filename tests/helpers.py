@@ -12,11 +12,15 @@ from typing import Any, TypeVar
 import httpx
 import pyarrow.flight as flight
 import pytest
+from fastapi.testclient import TestClient
 from pyarrow.util import find_free_port
 
 T = TypeVar("T")
 
 POLL_INTERVAL_S = 0.02
+
+
+HttpClient = httpx.Client | TestClient  # a real server's client, or the in-process app's
 
 
 def free_port() -> int:
@@ -105,7 +109,7 @@ def flight_action(
     return json.loads(results[0].body.to_pybytes())
 
 
-def post_json(http: httpx.Client, path: str, body: Any, *, status: int = 200) -> Any:
+def post_json(http: HttpClient, path: str, body: Any, *, status: int = 200) -> Any:
     """POST `body` as JSON to `path`; the decoded answer, whose status must be `status`."""
     response = http.post(path, json=body)
     assert response.status_code == status, f"{path}: HTTP {response.status_code}: {response.text}"
@@ -113,7 +117,7 @@ def post_json(http: httpx.Client, path: str, body: Any, *, status: int = 200) ->
 
 
 def execute(
-    http: httpx.Client, code: str, *, node_id: str | int = "node_1", **fields: Any
+    http: HttpClient, code: str, *, node_id: str | int = "node_1", **fields: Any
 ) -> dict[str, Any]:
     """POST /execute of `code` (and any other request fields); the answer, which must be a 200."""
     result: dict[str, Any] = post_json(
@@ -122,7 +126,7 @@ def execute(
     return result
 
 
-def healthy(http: httpx.Client) -> dict[str, Any] | None:
+def healthy(http: HttpClient) -> dict[str, Any] | None:
     """The /health answer once it is a 200; None while starting or not listening yet."""
     try:
         response = http.get("/health")

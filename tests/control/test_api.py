@@ -14,6 +14,7 @@ from control.app import HTTP_STATUS, create_app
 from flight_kernel.errors import ConnectionLost, KernelError, error_classes, lookup
 from flight_kernel.settings import Settings
 from tests.control.doubles import function_kernels
+from tests.helpers import poll
 
 RESPONSE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "success": bool,
@@ -320,7 +321,7 @@ def test_interrupt_with_nothing_running(client, kwargs):
     assert response.json() == {"interrupted": []}
 
 
-def test_interrupt_stops_a_running_execution(client, kernel_server, wait_until):
+def test_interrupt_stops_a_running_execution(client, kernel_server):
     release = threading.Event()
     kernel_server.kernel.artifacts.publish(2, None, "release", release)
     waiting = "flowfile.read_artifact('release').wait(10)\nprint('done')"
@@ -338,8 +339,10 @@ def test_interrupt_stops_a_running_execution(client, kernel_server, wait_until):
         other = pool.submit(
             client.post, "/execute", json={"node_id": "node_1", "flow_id": 2, "code": waiting}
         )
-        wait_until(
-            lambda: len(client.get("/health").json()["running"]) == 2, what="two running executions"
+        poll(
+            lambda: len(client.get("/health").json()["running"]) == 2,
+            timeout=10,
+            what="two running executions",
         )
 
         response = client.post("/interrupt", json={"flow_id": 1, "node_id": "node_1"})

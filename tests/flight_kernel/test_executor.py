@@ -19,6 +19,7 @@ from flight_kernel.kernel import Kernel
 from flight_kernel.paths import OutputPath
 from flight_kernel.requests import ExecuteRequest, InterruptRequest, parse
 from flight_kernel.settings import Settings
+from tests.helpers import poll
 
 KERNEL_DIR = str(Path(flight_kernel.__file__).resolve().parent)
 # An interrupt that never arrives must fail the test (as a Timeout), not hang it.
@@ -215,7 +216,7 @@ def test_a_finished_execution_is_not_cut_by_its_timeout(kernel):
     assert running(kernel) == []
 
 
-def test_interrupt_stops_one_flow_and_others_continue(kernel, wait_until):
+def test_interrupt_stops_one_flow_and_others_continue(kernel):
     release = threading.Event()
     kernel.artifacts.publish(2, None, "release", release)
     waiting = "ok = flowfile.read_artifact('release').wait(10)\nprint('released', ok)\n"
@@ -227,7 +228,7 @@ def test_interrupt_stops_one_flow_and_others_continue(kernel, wait_until):
             request("loop", "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S),
         )
         other = pool.submit(execute, kernel, request("wait", waiting, flow_id=2))
-        wait_until(lambda: len(running(kernel)) == 2, what="both executions to run")
+        poll(lambda: len(running(kernel)) == 2, timeout=10, what="both executions to run")
 
         interrupted = interrupt(kernel, flow_id=1)
 
@@ -243,14 +244,14 @@ def test_interrupt_stops_one_flow_and_others_continue(kernel, wait_until):
     assert other_result["stdout"] == "released True\n"
 
 
-def test_interrupt_by_node_id_compares_string_forms(kernel, wait_until):
+def test_interrupt_by_node_id_compares_string_forms(kernel):
     with ThreadPoolExecutor(1) as pool:
         looping = pool.submit(
             execute,
             kernel,
             request(7, "while True:\n    pass\n", flow_id=1, timeout_s=SAFETY_TIMEOUT_S),
         )
-        wait_until(lambda: running(kernel) != [], what="the execution to run")
+        poll(lambda: running(kernel) != [], timeout=10, what="the execution to run")
         assert interrupt(kernel, node_id="8") == []
         interrupted = interrupt(kernel, node_id="7")
         result = looping.result(timeout=10)

@@ -21,6 +21,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import flight_action
+
 TRACEBACK = "Traceback (most recent call last)"
 ACTIONS = [
     "execute",
@@ -78,11 +80,6 @@ def _health(client: flight.FlightClient) -> dict[str, Any]:
 
 def _assert_healthy(client: flight.FlightClient) -> None:
     assert _health(client)["status"] == "healthy"
-
-
-def _action(client: flight.FlightClient, name: str, body: dict[str, Any]) -> Any:
-    [result] = client.do_action(flight.Action(name, json.dumps(body).encode()))
-    return json.loads(result.body.to_pybytes())
 
 
 # -- strategies --------------------------------------------------------------------------
@@ -278,7 +275,7 @@ def test_action_bodies_that_are_not_json_objects_are_refused(flight_client, acti
 )
 def test_fields_of_the_wrong_type_are_refused_naming_the_field(flight_client, action, body, field):
     with pytest.raises(flight.FlightServerError, match=f"'{field}'") as info:
-        _action(flight_client, action, body)
+        flight_action(flight_client, action, body)
     assert TRACEBACK not in str(info.value)
     _assert_healthy(flight_client)
 
@@ -298,7 +295,7 @@ def test_fields_of_the_wrong_type_are_refused_naming_the_field(flight_client, ac
 def test_timeouts_no_timer_can_wait_for_are_refused(flight_client, timeout):
     body = {"node_id": "n", "code": "x = 1", "timeout_s": timeout}
     with pytest.raises(flight.FlightServerError, match="'timeout_s'"):
-        _action(flight_client, "execute", body)
+        flight_action(flight_client, "execute", body)
     _assert_healthy(flight_client)
 
 
@@ -307,7 +304,7 @@ def test_timeouts_no_timer_can_wait_for_are_refused(flight_client, timeout):
 def test_any_numeric_timeout_runs_or_is_refused_naming_the_field(flight_client, timeout):
     body = {"node_id": "n", "code": "x = 1", "timeout_s": timeout}
     try:
-        result = _action(flight_client, "execute", body)
+        result = flight_action(flight_client, "execute", body)
     except flight.FlightServerError as exc:
         assert "'timeout_s'" in str(exc)
     else:  # a tiny timeout may interrupt even `x = 1`
@@ -317,7 +314,7 @@ def test_any_numeric_timeout_runs_or_is_refused_naming_the_field(flight_client, 
 
 def test_the_longest_timeout_a_timer_can_wait_for_is_accepted(flight_client):
     body = {"node_id": "n", "code": "x = 1", "timeout_s": threading.TIMEOUT_MAX}
-    assert _action(flight_client, "execute", body)["success"] is True
+    assert flight_action(flight_client, "execute", body)["success"] is True
 
 
 # -- hostile values that are valid -------------------------------------------------------
@@ -471,7 +468,7 @@ def test_any_node_id_executes_and_finds_its_artifacts(client, flight_client, nod
     assert result["stdout"] == "ok\n"
 
     # Over Flight: any node id.
-    [record] = _action(flight_client, "list_artifacts", {"node_id": node_id, "flow_id": 1})
+    [record] = flight_action(flight_client, "list_artifacts", {"node_id": node_id, "flow_id": 1})
     assert record["node_id"] == node_id
     # Over HTTP: node ids compare by their string form; only a URL path segment can be asked.
     if str(node_id) not in ("", ".", "..") and "/" not in str(node_id) and len(str(node_id)) < 2000:

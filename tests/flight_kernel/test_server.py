@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +22,7 @@ from flight_kernel.serialization import (
 from flight_kernel.server import REUSE_CONNECTION, KernelFlightServer
 from flight_kernel.settings import Settings
 from flight_kernel.tables import MAX_BATCH_ROWS
+from tests.helpers import flight_action
 
 
 def put(
@@ -48,24 +47,12 @@ def info_of(client: flight.FlightClient, path: str) -> flight.FlightInfo:
     return client.get_flight_info(flight.FlightDescriptor.for_path(*path.split("/")))
 
 
-def action(
-    client: flight.FlightClient,
-    name: str,
-    body: dict[str, Any] | None = None,
-    options: flight.FlightCallOptions | None = None,
-) -> Any:
-    raw = json.dumps(body or {}).encode()
-    results = list(client.do_action(flight.Action(name, raw), options))
-    assert len(results) == 1
-    return json.loads(results[0].body.to_pybytes())
-
-
 def assert_still_serves(client: flight.FlightClient) -> None:
     """After a refused call the same connection still gets good answers."""
     table = pa.table({"ok": [1, 2]})
     put(client, "tables/after_error", table)
     assert get(client, "tables/after_error").equals(table)
-    assert action(client, "health")["status"] == "healthy"
+    assert flight_action(client, "health")["status"] == "healthy"
 
 
 def _tz(unit: str, tz: str, values: list[datetime | None]) -> pa.Array:
@@ -210,7 +197,7 @@ def test_user_code_reads_a_pickled_artifact_as_its_object(
     flight_client: flight.FlightClient,
 ) -> None:
     put(flight_client, "artifacts/2/cfg", to_arrow({"n": 3, "name": "x"}, "cfg"))
-    result = action(
+    result = flight_action(
         flight_client,
         "execute",
         {
@@ -273,7 +260,7 @@ def test_flight_info_of_a_table_artifact(flight_client: flight.FlightClient) -> 
 def test_flight_info_of_an_object_artifact_is_its_binary_form_with_unknown_size(
     flight_client: flight.FlightClient,
 ) -> None:
-    result = action(
+    result = flight_action(
         flight_client,
         "execute",
         {"node_id": "n", "flow_id": 5, "code": "flowfile.publish_artifact('cfg', {'a': 1})"},
@@ -297,7 +284,7 @@ def stocked(flight_client: flight.FlightClient) -> flight.FlightClient:
     put(flight_client, "tables/b", pa.table({"x": [1, 2]}))
     put(flight_client, "artifacts/1/m", to_arrow([1, 2, 3], "m"))
     put(flight_client, "artifacts/12/m", pa.table({"y": [1.0]}))
-    result = action(
+    result = flight_action(
         flight_client,
         "execute",
         {
@@ -344,7 +331,9 @@ def test_list_flights_gives_schema_and_counts(stocked: flight.FlightClient) -> N
 
 def test_delete_action_removes_a_table(flight_client: flight.FlightClient) -> None:
     put(flight_client, "tables/gone", pa.table({"a": [1]}))
-    assert action(flight_client, "delete", {"path": "tables/gone"}) == {"deleted": "tables/gone"}
+    assert flight_action(flight_client, "delete", {"path": "tables/gone"}) == {
+        "deleted": "tables/gone"
+    }
     with pytest.raises(KeyError, match="tables/gone"):
         get(flight_client, "tables/gone")
     assert list(flight_client.list_flights(b"tables/")) == []
@@ -352,15 +341,15 @@ def test_delete_action_removes_a_table(flight_client: flight.FlightClient) -> No
 
 def test_delete_action_removes_an_artifact(flight_client: flight.FlightClient) -> None:
     put(flight_client, "artifacts/3/m", to_arrow({"a": 1}, "m"))
-    assert action(flight_client, "delete", {"path": "artifacts/3/m"}) == {
+    assert flight_action(flight_client, "delete", {"path": "artifacts/3/m"}) == {
         "deleted": "artifacts/3/m"
     }
-    assert action(flight_client, "list_artifacts", {"flow_id": 3}) == []
+    assert flight_action(flight_client, "list_artifacts", {"flow_id": 3}) == []
 
 
 def test_delete_of_nothing_is_not_found(flight_client: flight.FlightClient) -> None:
     with pytest.raises(KeyError, match="tables/never"):
-        action(flight_client, "delete", {"path": "tables/never"})
+        flight_action(flight_client, "delete", {"path": "tables/never"})
     assert_still_serves(flight_client)
 
 
@@ -525,7 +514,7 @@ def test_descriptor_path_not_utf8_is_refused_and_the_server_survives(
 def test_unserializable_artifact_is_server_error_naming_it(
     flight_client: flight.FlightClient,
 ) -> None:
-    result = action(
+    result = flight_action(
         flight_client,
         "execute",
         {
@@ -549,7 +538,7 @@ def test_unknown_action_is_refused_naming_the_known_ones(
     flight_client: flight.FlightClient,
 ) -> None:
     with pytest.raises(flight.FlightServerError) as info:
-        action(flight_client, "format_disk")
+        flight_action(flight_client, "format_disk")
     assert "unknown action 'format_disk'" in str(info.value)
     assert "execute" in str(info.value)
     assert_still_serves(flight_client)
@@ -599,7 +588,7 @@ def test_secured_server_refuses_calls_without_the_token(
     secured: flight.FlightClient, options: flight.FlightCallOptions | None
 ) -> None:
     with pytest.raises(flight.FlightUnauthenticatedError):
-        action(secured, "health", options=options)
+        flight_action(secured, "health", options=options)
     with pytest.raises(flight.FlightUnauthenticatedError):
         put(secured, "tables/t", pa.table({"a": [1]}), options)
     with pytest.raises(flight.FlightUnauthenticatedError):
@@ -613,7 +602,7 @@ def test_secured_server_accepts_the_bearer_token(secured: flight.FlightClient) -
     table = pa.table({"a": [1, 2, 3]})
     put(secured, "tables/t", table, GOOD_TOKEN)
     assert get(secured, "tables/t", GOOD_TOKEN).equals(table)
-    assert action(secured, "health", options=GOOD_TOKEN)["status"] == "healthy"
+    assert flight_action(secured, "health", options=GOOD_TOKEN)["status"] == "healthy"
 
 
 def test_listing_never_runs_a_lazy_query_and_skips_what_has_no_schema(
