@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from types import CodeType, TracebackType
 
 from flight_kernel import flowfile
@@ -114,7 +113,7 @@ class Executor:
         """Run one request to the end; user code failing is a result, not an exception."""
         install_capture()
         ctx = ExecutionContext(
-            execution_id=req.execution_id or uuid.uuid4().hex,
+            execution_id=req.execution_id or os.urandom(16).hex(),
             flow_id=req.flow_id,
             node_id=req.node_id,
             input_paths=req.input_paths,
