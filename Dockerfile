@@ -46,9 +46,12 @@ RUN pip install -r constraints.txt
 COPY --chown=kernel:kernel . ./
 RUN pip install -c constraints.txt . && pip check && rm -rf build ./*.egg-info
 
+# entrypoint.sh installs KERNEL_PACKAGES under these pins (its KERNEL_CONSTRAINTS default), so a
+# user's list never replaces a package of the service. Owned by root: the service cannot edit it.
 USER root
 COPY entrypoint.sh /entrypoint.sh
-RUN chmod 0755 /entrypoint.sh
+COPY constraints.txt /opt/kernel/constraints.txt
+RUN chmod 0755 /entrypoint.sh && chmod 0644 /opt/kernel/constraints.txt
 USER kernel
 WORKDIR /home/kernel
 

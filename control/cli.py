@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import signal
 
@@ -11,6 +12,31 @@ import uvicorn
 
 from control.app import create_app
 from flight_kernel.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` is reachable only from this machine (`localhost`, 127.0.0.0/8, `::1`)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to any interface
+
+
+def _warn_if_open(settings: Settings) -> None:
+    """Warn when both planes listen beyond loopback and no token guards them."""
+    if settings.auth_token is None and not _is_loopback(settings.host):
+        logger.warning(
+            "listening on %s without KERNEL_AUTH_TOKEN: anyone who reaches ports %s (HTTP) "
+            "and %s (Flight) can run code in this service; set KERNEL_AUTH_TOKEN to require "
+            "a bearer token",
+            settings.host,
+            settings.http_port,
+            settings.flight_port,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s control %(levelname)s %(name)s: %(message)s"
     )
+    _warn_if_open(settings)
     # uvicorn handles SIGTERM/SIGINT gracefully while it runs, then re-raises the signal
     # under the handler found before it started: make that one a no-op, so a clean
     # shutdown exits 0.

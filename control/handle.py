@@ -2,20 +2,22 @@
 
 Calls carry deadlines: an execution that outlives its timeout plus the interrupt's grace
 gets its kernel killed, and a kernel that dies under an execution gives a failed result
-(`KernelDied`), never an error of the control plane.
+(`KernelDied`), never an error of the control plane. The handle keeps its own list of the
+executions in flight, so that it can answer for them when the kernel cannot: an interrupt
+of a kernel stuck in C, and the death reports of bystanders.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
-import uuid
 from typing import Any
 
 from control.connection import Connection, call_json
-from control.processes import KernelProcess, KernelStatus
+from control.processes import Death, KernelProcess, KernelStatus
 from flight_kernel.errors import ConnectionLost, DeadlineExceeded, KernelError, KernelUnavailable
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
 from flight_kernel.results import ErrorKind, ExecutionResult
@@ -26,14 +28,32 @@ logger = logging.getLogger(__name__)
 # What a kernel's death takes with it: all of it, while the kernel holds every store.
 LOST_STATE = ("tables", "outputs", "artifacts")
 DEATH_REPORT_WAIT_S = 10.0  # how long a lost call waits for the monitor to see the death
+QUICK_CALL_S = 1.0  # deadline of calls that must not wait on a busy kernel (interrupt, output)
+HEALTH_CALL_S = 0.8  # /health answers within 1 s, busy kernel or not
+
+
+def _matches(req: ExecuteRequest, flt: InterruptRequest) -> bool:
+    return (
+        (flt.flow_id is None or req.flow_id == flt.flow_id)
+        and (flt.node_id is None or str(req.node_id) == str(flt.node_id))
+        and (flt.execution_id is None or req.execution_id == flt.execution_id)
+    )
+
+
+def _describe(req: ExecuteRequest) -> dict[str, Any]:
+    return {"execution_id": req.execution_id, "flow_id": req.flow_id, "node_id": req.node_id}
 
 
 class KernelHandle:
-    """Forward actions to one kernel, execute, interrupt, report status."""
+    """Forward actions to one kernel, execute, interrupt, restart, report status."""
 
     def __init__(self, process: KernelProcess, settings: Settings) -> None:
         self.process = process
         self.settings = settings
+        self._lock = threading.Lock()
+        self._inflight: dict[str, ExecuteRequest] = {}
+        self._printed: dict[str, tuple[str, str]] = {}  # output saved just before a kill
+        self._last_health: dict[str, Any] = {}
 
     def start(self) -> None:
         self.process.start()
@@ -44,10 +64,17 @@ class KernelHandle:
     def status(self) -> KernelStatus:
         return self.process.status()
 
-    def call(self, action: str, body: dict[str, Any] | None = None, *, wait: bool = True) -> bytes:
+    def call(
+        self,
+        action: str,
+        body: dict[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> bytes:
         """Forward one action; without `wait`, a kernel that is not up is refused at once."""
         _, conn = self.process.connection(wait)
-        return conn.call(action, body)
+        return conn.call(action, body, timeout)
 
     def call_json(
         self, action: str, body: dict[str, Any] | None = None, *, wait: bool = True
@@ -55,10 +82,14 @@ class KernelHandle:
         """`call`, decoded."""
         return json.loads(self.call(action, body, wait=wait))
 
+    # -- executions ------------------------------------------------------------------------
+
     def execute(self, req: ExecuteRequest) -> bytes:
         """Run code; a kernel that dies or hangs gives a failed result, not an error."""
         if req.execution_id is None:  # minted here, so that a death report can name it
-            req = req.model_copy(update={"execution_id": uuid.uuid4().hex})
+            req = req.model_copy(update={"execution_id": os.urandom(16).hex()})
+        execution_id = req.execution_id
+        assert execution_id is not None
         timeout = req.timeout_s or self.settings.exec_timeout_s
         grace = self.settings.interrupt_grace_s
         # The kernel stops the code itself at `timeout`; this limit is only for code that
@@ -66,6 +97,8 @@ class KernelHandle:
         limit = None if timeout is None else timeout + grace + 1.0
         generation, conn = self.process.connection()
         started = time.perf_counter()
+        with self._lock:
+            self._inflight[execution_id] = req
         try:
             return conn.call("execute", req.model_dump(), timeout=limit)
         except DeadlineExceeded:
@@ -73,38 +106,89 @@ class KernelHandle:
                 f"Timeout: execution exceeded timeout_s={timeout:g} and ignored the interrupt "
                 f"for {grace:g} s, so the kernel was restarted"
             )
-            self.process.kill(generation, reason, ErrorKind.TIMEOUT)
+            self.kill(generation, conn, reason, ErrorKind.TIMEOUT, frozenset({execution_id}))
             return self._lost(generation, started, req)
         except ConnectionLost:
             return self._lost(generation, started, req)
+        finally:
+            with self._lock:
+                self._inflight.pop(execution_id, None)
+
+    def kill(
+        self,
+        generation: int,
+        conn: Connection,
+        reason: str,
+        kind: ErrorKind,
+        culprits: frozenset[str] = frozenset(),
+    ) -> None:
+        """Kill the kernel, first saving what its running executions printed so far."""
+        try:
+            running = call_json(conn, "output", timeout=QUICK_CALL_S)
+        except KernelError:  # stuck or gone: nothing more to save
+            running = []
+        with self._lock:
+            for entry in running:
+                self._printed[entry["execution_id"]] = (entry["stdout"], entry["stderr"])
+        self.process.kill(generation, reason, kind, culprits)
 
     def _lost(self, generation: int, started: float, req: ExecuteRequest) -> bytes:
         """The answer to an execution whose kernel died under it."""
         death = self.process.death(generation, DEATH_REPORT_WAIT_S)
         if death is None:
             raise KernelUnavailable("the kernel stopped answering during the execution")
-        error = death.reason or (
-            f"KernelDied: the kernel process {death.describe()} during this execution; it was "
-            "restarted and its in-memory state (tables, outputs, artifacts) is lost"
-        )
+        error, kind = self._why(death, req)
+        with self._lock:
+            stdout, stderr = self._printed.pop(req.execution_id or "", ("", ""))
         result = ExecutionResult.kernel_died(
             flow_id=req.flow_id,
             node_id=req.node_id,
             execution_id=req.execution_id or "",
             error=error,
-            error_kind=death.kind or ErrorKind.KERNEL_DIED,
+            error_kind=kind,
             execution_time_ms=(time.perf_counter() - started) * 1000,
             lost_state=list(LOST_STATE),
             exit_code=death.returncode,
+            stdout=stdout,
+            stderr=stderr,
         )
         return json.dumps(result.to_json()).encode()
 
+    @staticmethod
+    def _why(death: Death, req: ExecuteRequest) -> tuple[str, ErrorKind]:
+        """What this execution is told: the reason if it was killed for its own sake, else
+        that it died with the kernel, and why."""
+        lost = "its in-memory state (tables, outputs, artifacts) is lost"
+        if death.reason is None:
+            return (
+                f"KernelDied: the kernel process {death.describe()} during this execution; it "
+                f"was restarted and {lost}",
+                ErrorKind.KERNEL_DIED,
+            )
+        if req.execution_id in death.culprits and death.kind is not None:
+            return death.reason, death.kind
+        cause = death.reason.split(": ", 1)[-1]
+        if death.culprits:
+            cause = f"another execution in it: {cause}"
+        return (
+            f"KernelDied: the kernel was restarted during this execution ({cause}); {lost}",
+            ErrorKind.KERNEL_DIED,
+        )
+
+    # -- interrupt, restart, health -------------------------------------------------------
+
     def interrupt(self, req: InterruptRequest) -> bytes:
         """Interrupt matching executions; those still running after the grace are ended by
-        killing the kernel."""
+        killing the kernel. A kernel too busy to answer gets the kill without the question."""
         generation, conn = self.process.connection()
-        raw = conn.call("interrupt", req.model_dump(exclude_none=True))
-        ids = {r["execution_id"] for r in json.loads(raw)["interrupted"]}
+        try:
+            raw = conn.call("interrupt", req.model_dump(exclude_none=True), QUICK_CALL_S)
+            interrupted = json.loads(raw)["interrupted"]
+        except (DeadlineExceeded, ConnectionLost):
+            with self._lock:
+                interrupted = [_describe(r) for r in self._inflight.values() if _matches(r, req)]
+            raw = json.dumps({"interrupted": interrupted}).encode()
+        ids = {r["execution_id"] for r in interrupted}
         if ids:
             timer = threading.Timer(
                 self.settings.interrupt_grace_s, self._escalate, (generation, conn, ids)
@@ -115,13 +199,41 @@ class KernelHandle:
 
     def _escalate(self, generation: int, conn: Connection, ids: set[str]) -> None:
         try:
-            running = call_json(conn, "health", timeout=5.0)["running"]
+            running = call_json(conn, "health", timeout=QUICK_CALL_S)["running"]
         except KernelError:  # gone already, or wedged: the kill below is right either way
             running = [{"execution_id": i} for i in ids]
-        if ids & {r["execution_id"] for r in running}:
+        stuck = ids & {r["execution_id"] for r in running}
+        if stuck:
             grace = self.settings.interrupt_grace_s
             reason = (
                 f"Interrupted: the execution ignored the interrupt for {grace:g} s, so the "
                 "kernel was restarted"
             )
-            self.process.kill(generation, reason, ErrorKind.INTERRUPTED)
+            self.kill(generation, conn, reason, ErrorKind.INTERRUPTED, frozenset(stuck))
+
+    def restart(self) -> dict[str, Any]:
+        """Jupyter's "restart kernel": running executions end with `KernelDied`."""
+        generation, conn = self.process.connection()
+        reason = "KernelDied: a restart was requested (POST /restart)"
+        self.kill(generation, conn, reason, ErrorKind.KERNEL_DIED)
+        self.process.death(generation, DEATH_REPORT_WAIT_S)
+        self.process.connection()  # waits for the new kernel
+        return {"flow_id": None, "pid": self.process.status().pid}
+
+    def health(self) -> tuple[str, dict[str, Any]]:
+        """The kernel's own health body, and its state: `healthy`, `busy` (it did not answer
+        within `HEALTH_CALL_S`: the last answer is given) or `starting`."""
+        if self.process.status().state != "healthy":
+            return "starting", {}
+        try:
+            body: dict[str, Any] = json.loads(
+                self.call("health", wait=False, timeout=HEALTH_CALL_S)
+            )
+        except DeadlineExceeded:
+            with self._lock:
+                return "busy", dict(self._last_health)
+        except KernelUnavailable:
+            return "starting", {}
+        with self._lock:
+            self._last_health = body
+        return "healthy", body

@@ -24,8 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from control.connection import Connection, KernelConnection, call_json
-from flight_kernel.__main__ import ANNOUNCE_FD, KERNEL_ID
-from flight_kernel.errors import KernelError, KernelUnavailable
+from flight_kernel.__main__ import ANNOUNCE_FD, KERNEL_ID, TOKEN_FD
+from flight_kernel.errors import (
+    ConnectionLost,
+    DeadlineExceeded,
+    KernelError,
+    KernelUnavailable,
+)
+from flight_kernel.kernel import RESTART_EXIT_CODE
 from flight_kernel.results import ErrorKind
 from flight_kernel.settings import Settings
 
@@ -43,10 +49,13 @@ class Death:
     """How one kernel process ended, and why when it was killed on purpose."""
 
     returncode: int
-    reason: str | None = None  # set when we killed it (timeout, ignored interrupt)
+    reason: str | None = None  # set when we killed it (timeout, ignored interrupt, restart)
     kind: ErrorKind | None = None
+    culprits: frozenset[str] = frozenset()  # the executions it was killed for, if any
 
     def describe(self) -> str:
+        if self.returncode == RESTART_EXIT_CODE:
+            return "was restarted on request (the restart action)"
         if self.returncode >= 0:
             return f"exited with code {self.returncode}"
         signum = -self.returncode
@@ -80,8 +89,15 @@ class KernelProcess(Protocol):
         or raises `KernelUnavailable` at once without `wait`."""
         ...
 
-    def kill(self, generation: int, reason: str, kind: ErrorKind) -> None:
-        """End that generation of the kernel (when it still runs), saying why."""
+    def kill(
+        self,
+        generation: int,
+        reason: str,
+        kind: ErrorKind,
+        culprits: frozenset[str] = frozenset(),
+    ) -> None:
+        """End that generation of the kernel (when it still runs), saying why and for which
+        executions (the others running in it are bystanders)."""
         ...
 
     def death(self, generation: int, timeout: float) -> Death | None:
@@ -106,7 +122,13 @@ class AttachedKernel:
     def connection(self, wait: bool = True) -> tuple[int, Connection]:
         return 0, self._conn
 
-    def kill(self, generation: int, reason: str, kind: ErrorKind) -> None:
+    def kill(
+        self,
+        generation: int,
+        reason: str,
+        kind: ErrorKind,
+        culprits: frozenset[str] = frozenset(),
+    ) -> None:
         logger.warning("cannot kill an attached kernel (%s)", reason)
 
     def death(self, generation: int, timeout: float) -> Death | None:
@@ -127,6 +149,16 @@ def _alive(proc: subprocess.Popen[bytes]) -> bool:
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the kernel and everything it started (its own session): a child that user code
+    forked must not keep the kernel's sockets, connections or memory alive."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+HEALTH_CHECK_EVERY_S = 2.0
 
 
 class StartFailed(RuntimeError):
@@ -171,7 +203,7 @@ class LocalKernelProcess:
         self._ready = False
         self._stopping = False
         self._deaths: dict[int, Death] = {}
-        self._kill_reasons: dict[int, tuple[str, ErrorKind]] = {}
+        self._kill_reasons: dict[int, tuple[str, ErrorKind, frozenset[str]]] = {}
         self._monitor: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -187,27 +219,60 @@ class LocalKernelProcess:
             self._cond.wait_for(lambda: self._ready or bool(failure))
         if failure:
             raise failure[0]
+        watchdog = threading.Thread(target=self._watch_health, name="kernel-health", daemon=True)
+        watchdog.start()
+
+    def _watch_health(self) -> None:
+        """Restart a kernel that answers `health` wrongly, or not at all for too long."""
+        limit = self.settings.health_timeout_s
+        last_ok = time.monotonic()
+        while True:
+            with self._cond:
+                if self._cond.wait_for(lambda: self._stopping, timeout=HEALTH_CHECK_EVERY_S):
+                    return
+                if not self._ready or self._conn is None:
+                    last_ok = time.monotonic()
+                    continue
+                generation, conn = self._generation, self._conn
+            reason = None
+            try:
+                conn.call("health", None, min(HEALTH_CHECK_EVERY_S, limit))
+                last_ok = time.monotonic()
+            except (DeadlineExceeded, ConnectionLost):  # busy in C, or dying: give it time
+                if time.monotonic() - last_ok > limit:
+                    reason = f"the kernel did not answer health for {limit:g} s"
+            except KernelError as exc:  # it answers, but cannot serve
+                reason = f"the kernel answered health with an error ({exc})"
+            if reason is not None:
+                self.kill(
+                    generation, f"KernelDied: {reason}, so it was restarted", ErrorKind.KERNEL_DIED
+                )
+                last_ok = time.monotonic()
 
     def _spawn(self) -> None:
         kernel_id = secrets.token_hex(16)
         read_fd, write_fd = os.pipe()
-        env = {
-            **os.environ,
-            **self.settings.to_env(),
-            ANNOUNCE_FD: str(write_fd),
-            KERNEL_ID: kernel_id,
-        }
+        token_read, token_write = os.pipe()
+        os.write(token_write, (self.settings.auth_token or "").encode())  # fits a pipe's buffer
+        os.close(token_write)
+        env = {k: v for k, v in os.environ.items() if k != "KERNEL_AUTH_TOKEN"}
+        env.update(self.settings.to_env())
+        env.update({ANNOUNCE_FD: str(write_fd), TOKEN_FD: str(token_read), KERNEL_ID: kernel_id})
         try:
             proc = subprocess.Popen(
-                self._command, env=env, pass_fds=(write_fd,), preexec_fn=_die_with_parent
+                self._command,
+                env=env,
+                pass_fds=(write_fd, token_read),
+                preexec_fn=_die_with_parent,
+                start_new_session=True,  # its own process group, ended with it
             )
         finally:
             os.close(write_fd)
+            os.close(token_read)
         try:
             conn = self._verify(proc, read_fd, kernel_id)
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            _end_group(proc)
             proc.wait()
             raise
         finally:
@@ -270,6 +335,7 @@ class LocalKernelProcess:
             if proc is None:
                 return
             code = proc.wait()
+            _end_group(proc)  # what it started dies with it
             with self._cond:
                 if self._stopping:
                     return
@@ -303,6 +369,8 @@ class LocalKernelProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if proc is not None:
+            _end_group(proc)
         if conn is not None:
             conn.close()
 
@@ -329,15 +397,20 @@ class LocalKernelProcess:
                     timeout=max(0.0, deadline - time.monotonic()),
                 )
 
-    def kill(self, generation: int, reason: str, kind: ErrorKind) -> None:
+    def kill(
+        self,
+        generation: int,
+        reason: str,
+        kind: ErrorKind,
+        culprits: frozenset[str] = frozenset(),
+    ) -> None:
         with self._cond:
             if generation != self._generation or self._proc is None:
                 return
-            self._kill_reasons[generation] = (reason, kind)
+            self._kill_reasons.setdefault(generation, (reason, kind, culprits))
             proc = self._proc
         logger.warning("killing kernel pid %s: %s", proc.pid, reason)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        _end_group(proc)
 
     def death(self, generation: int, timeout: float) -> Death | None:
         with self._cond:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
 import os
+import socket
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -19,10 +19,16 @@ from control.schemas import (
     ExecuteResponse,
     HealthResponse,
     InterruptResponse,
+    RestartResponse,
 )
 from flight_kernel import __version__
-from flight_kernel.errors import KernelUnavailable, Unauthenticated
-from flight_kernel.requests import ClearNodeArtifactsRequest, ExecuteRequest, InterruptRequest
+from flight_kernel.errors import Unauthenticated
+from flight_kernel.requests import (
+    ClearNodeArtifactsRequest,
+    ExecuteRequest,
+    FlowFilter,
+    InterruptRequest,
+)
 
 _bearer = HTTPBearer(auto_error=False, description="KERNEL_AUTH_TOKEN, when it is set")
 
@@ -62,20 +68,24 @@ router = APIRouter()  # create_app adds `require_token` when a token is set
     responses={503: {"description": "the kernel is (re)starting"}},
 )
 async def health(kernels: Kernels) -> Response:
-    """Service health; 503 with status 'starting' while the kernel (re)starts."""
+    """Service health, within a second even while user code holds a kernel's GIL (that
+    kernel is reported `busy`, with what it last said); 503 `starting` while no kernel can
+    serve."""
     (handle,) = kernels.all()  # one kernel serves every flow today
+    state, body = await run_in_threadpool(handle.health)
     status = handle.status()
-    extra = {"restarts": status.restarts, "supervisor_pid": os.getpid()}
-    if status.state == "healthy":
-        try:
-            body: dict[str, Any] = await run_in_threadpool(
-                functools.partial(handle.call_json, "health", wait=False)
-            )
-            return JSONResponse({**body, **extra})
-        except KernelUnavailable:
-            pass
-    starting = {"status": "starting", "version": __version__, "artifact_count": None}
-    return JSONResponse({**starting, **extra, "kernel_pid": status.pid}, status_code=503)
+    kernel = {
+        "flow_id": None,
+        "pid": status.pid,
+        "state": state,
+        "restarts": status.restarts,
+        "node": socket.gethostname(),
+    }
+    extra = {"restarts": status.restarts, "supervisor_pid": os.getpid(), "kernels": [kernel]}
+    if state == "starting":
+        starting = {"status": "starting", "version": __version__, "artifact_count": None}
+        return JSONResponse({**starting, **extra, "kernel_pid": status.pid}, status_code=503)
+    return JSONResponse({"artifact_count": None, **body, "status": "healthy", **extra})
 
 
 @router.post("/execute", response_model=ExecuteResponse)
@@ -133,6 +143,16 @@ async def clear_node_artifacts(req: ClearNodeArtifactsRequest, kernels: Kernels)
         kernels.fan_out, lambda h: h.call("clear_node_artifacts", body), merge_dicts_of_lists
     )
     return JSONResponse(merged)
+
+
+@router.post("/restart", response_model=RestartResponse)
+async def restart(kernels: Kernels, req: FlowFilter | None = None) -> Response:
+    """Restart the flow's kernel, or every kernel: running executions end with `KernelDied`,
+    namespaces and artifacts go."""
+    req = req or FlowFilter()
+    handles = [kernels.for_flow(req.flow_id)] if req.flow_id is not None else kernels.all()
+    restarted = [await run_in_threadpool(h.restart) for h in handles]
+    return JSONResponse({"restarted": restarted})
 
 
 @router.post("/interrupt", response_model=InterruptResponse)

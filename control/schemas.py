@@ -74,6 +74,10 @@ class InterruptResponse(BaseModel):
     interrupted: list[dict[str, Any]]
 
 
+class RestartResponse(BaseModel):
+    restarted: list[dict[str, Any]]
+
+
 class HealthResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
 

@@ -7,6 +7,7 @@ never has to trust whatever answers on a port.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,12 +18,14 @@ from typing import Any
 
 from flight_kernel.context import install_capture
 from flight_kernel.kernel import Kernel
+from flight_kernel.requests import InterruptRequest
 from flight_kernel.server import KernelFlightServer
 from flight_kernel.settings import Settings
 
 logger = logging.getLogger("flight_kernel")
 
 ANNOUNCE_FD = "KERNEL_ANNOUNCE_FD"
+TOKEN_FD = "KERNEL_TOKEN_FD"  # the parent writes the auth token there, never into the env
 KERNEL_ID = "KERNEL_ID"
 
 
@@ -34,8 +37,21 @@ def _announce(message: dict[str, Any]) -> None:
         pipe.write(json.dumps(message) + "\n")
 
 
-def main() -> None:
+def _settings() -> Settings:
+    """Settings from the environment; the token from the parent's pipe, if it sent one. The
+    token leaves the environment either way: user code and its children never see it."""
     settings = Settings.from_env()
+    os.environ.pop("KERNEL_AUTH_TOKEN", None)
+    fd = os.environ.pop(TOKEN_FD, None)
+    if fd is not None:
+        with os.fdopen(int(fd), "r") as pipe:
+            token = pipe.read()
+        settings = dataclasses.replace(settings, auth_token=token or None)
+    return settings
+
+
+def main() -> None:
+    settings = _settings()
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s kernel %(levelname)s %(name)s: %(message)s",
@@ -48,15 +64,21 @@ def main() -> None:
         _announce({"error": f"cannot listen on Flight port {settings.flight_port}: {exc}"})
         raise SystemExit(2) from None
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        # A SIGINT is an interrupt, as in a terminal: it stops the running executions, never
+        # the kernel. Any other signal that ends the kernel ends it (the supervisor reports it
+        # as a death and restarts it; it stops the kernel itself with SIGTERM).
+        reason = "Interrupted: the kernel process received SIGINT"
+        kernel.executor.interrupt(InterruptRequest(), reason)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _announce({"pid": os.getpid(), "kernel_id": kernel.kernel_id, "location": kernel.location})
     logger.info("kernel serving Flight on %s:%s", settings.host, server.port)
-    server.serve()
-    logger.info("kernel stopped")
+    # The server serves from its own threads since it was made. Not `server.serve()`: it
+    # installs handlers that shut the server down on SIGINT and SIGTERM, in place of ours.
+    # The main thread only waits, in Python, so that the handlers above run.
+    threading.Event().wait()
 
 
 if __name__ == "__main__":

@@ -74,6 +74,19 @@ ACTIONS: dict[str, Action] = {
         lambda k, r: {"interrupted": [dataclasses.asdict(e) for e in k.interrupt(r)]},
         "interrupt executions: {flow_id?, node_id?, execution_id?}",
     ),
+    "output": Action(
+        EmptyRequest,
+        lambda k, r: [
+            {"execution_id": i, "stdout": out, "stderr": err}
+            for i, out, err in k.executor.printed()
+        ],
+        "what the running executions printed so far",
+    ),
+    "restart": Action(
+        FlowFilter,
+        lambda k, r: _restart(k),
+        "restart the kernel: {flow_id?}; running executions end with KernelDied",
+    ),
     "health": Action(
         EmptyRequest,
         lambda k, r: dataclasses.asdict(k.health()),
@@ -91,6 +104,12 @@ def _delete(kernel: Kernel, raw: str) -> dict[str, str]:
     path = from_segments(raw.split("/"))
     kernel.delete(path)
     return {"deleted": str(path)}
+
+
+def _restart(kernel: Kernel) -> dict[str, Any]:
+    kernel.exit_for_restart()
+    # The new kernel's pid is not known here: the supervisor starts it after this answer.
+    return {"restarted": [{"flow_id": None, "pid": None}]}
 
 
 def descriptions() -> list[tuple[str, str]]:

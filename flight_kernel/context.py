@@ -80,6 +80,9 @@ class ExecutionContext:
     deleted_artifacts: list[str] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
     unnamed_outputs: int = 0
+    # names published or being published: one name is one output per execution (SPEC §5)
+    output_names: set[str] = field(default_factory=set)
+    output_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     thread_id: int = field(default_factory=threading.get_ident)
     started: float = field(default_factory=time.perf_counter)
     cancel_reason: str | None = None  # set once, by a timeout or an interrupt

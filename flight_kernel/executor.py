@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 import traceback
+import types
+from collections.abc import Mapping, Sequence
 from types import CodeType, TracebackType
 
 from flight_kernel import flowfile
@@ -52,8 +54,43 @@ def _format_error(exc: BaseException) -> str:
     elif isinstance(exc, SystemExit):
         message = f"exit code {exc.code!r}" if exc.code is not None else "exit code None"
     else:
-        message = str(exc)
+        try:
+            message = str(exc)
+        except Exception:  # an exception whose __str__ raises is still a result
+            message = "<unprintable>"
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+_import = builtins.__import__
+_MODULE_KEY = "__kernel_builtins_module__"
+
+
+def _user_import(
+    name: str,
+    globals: Mapping[str, object] | None = None,
+    locals: Mapping[str, object] | None = None,
+    fromlist: Sequence[str] = (),
+    level: int = 0,
+) -> types.ModuleType:
+    """`__import__` of user code: `flowfile` is always the real one (whatever user code did
+    to `sys.modules`), `builtins` is the execution's own copy."""
+    if level == 0 and name == "flowfile":
+        return flowfile
+    if level == 0 and name == "builtins" and globals is not None:
+        own = globals.get("__builtins__")
+        if isinstance(own, dict):
+            module = own.get(_MODULE_KEY)
+            if not isinstance(module, types.ModuleType):  # made on first import only
+                module = types.ModuleType("builtins")
+                module.__dict__.update(own)
+                own[_MODULE_KEY] = module
+            return module
+    return _import(name, globals, locals, fromlist, level)
+
+
+# `builtins` as the kernel started, before any user code ran; each execution gets a copy, so
+# rebinding a builtin changes nothing for the kernel or for another execution.
+_BUILTINS = {**builtins.__dict__, "__import__": _user_import}
 
 
 def _user_traceback(exc: BaseException, filename: str) -> str:
@@ -107,11 +144,11 @@ class Executor:
         self._default_timeout_s = default_timeout_s
         self._lock = threading.Lock()
         self._running: dict[str, ExecutionContext] = {}
-        sys.modules.setdefault("flowfile", flowfile)  # `import flowfile` works too
 
     def run(self, req: ExecuteRequest) -> ExecutionResult:
         """Run one request to the end; user code failing is a result, not an exception."""
         install_capture()
+        sys.modules["flowfile"] = flowfile  # `import flowfile` in modules user code imports
         ctx = ExecutionContext(
             execution_id=req.execution_id or os.urandom(16).hex(),
             flow_id=req.flow_id,
@@ -143,7 +180,11 @@ class Executor:
                 with self._lock:
                     self._running[ctx.execution_id] = ctx
                 compiled = _compile(req.code, filename)
-                namespace = {"__name__": "__main__", "__builtins__": builtins, "flowfile": flowfile}
+                namespace = {
+                    "__name__": "__main__",
+                    "__builtins__": dict(_BUILTINS),
+                    "flowfile": flowfile,
+                }
                 exec(compiled, namespace)
             finally:
                 with self._lock:
@@ -229,7 +270,9 @@ class Executor:
         )
         return True
 
-    def interrupt(self, req: InterruptRequest) -> list[RunningExecution]:
+    def interrupt(
+        self, req: InterruptRequest, reason: str = "Interrupted: execution interrupted on request"
+    ) -> list[RunningExecution]:
         """Interrupt the running executions that match every field given."""
         with self._lock:
             matches = [
@@ -239,8 +282,13 @@ class Executor:
                 and (req.node_id is None or c.node_key == str(req.node_id))
                 and (req.execution_id is None or c.execution_id == req.execution_id)
             ]
-        reason = "Interrupted: execution interrupted on request"
         return [c.describe() for c in matches if self._cancel(c, ErrorKind.INTERRUPTED, reason)]
+
+    def printed(self) -> list[tuple[str, str, str]]:
+        """What each running execution printed so far: (execution_id, stdout, stderr)."""
+        with self._lock:
+            running = list(self._running.values())
+        return [(c.execution_id, c.stdout.getvalue(), c.stderr.getvalue()) for c in running]
 
     def running(self) -> list[RunningExecution]:
         with self._lock:

@@ -11,7 +11,13 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_kernel.auth import call_options
-from flight_kernel.paths import ArtifactPath, FlightURI, is_flight_uri, parse_flight_uri
+from flight_kernel.paths import (
+    ArtifactPath,
+    FlightURI,
+    is_flight_uri,
+    parse_flight_uri,
+    resolve,
+)
 from flight_kernel.serialization import as_arrow_table, is_table_like
 
 if TYPE_CHECKING:
@@ -43,9 +49,12 @@ class InputReader:
             return self._read_flight(parse_flight_uri(entry))
         return self._read_file(entry)
 
-    def _read_file(self, path: str) -> pl.LazyFrame:
+    def _read_file(self, entry: str) -> pl.LazyFrame:
+        # against the start directory, not one user code may have changed to (SPEC §5)
+        path = resolve(entry)
         if not (os.path.exists(path) or (glob.has_magic(path) and glob.glob(path))):
-            raise FileNotFoundError(f"input file not found: {path!r}")
+            shown = repr(entry) if path == entry else f"{entry!r} (resolved to {path!r})"
+            raise FileNotFoundError(f"input file not found: {shown}")
         if path.lower().endswith(IPC_SUFFIXES):
             return pl.scan_ipc(path)
         return pl.scan_parquet(path)

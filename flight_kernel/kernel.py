@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ from flight_kernel.settings import Settings
 from flight_kernel.tablestore import MemoryTableStore, TableInfo, TableStore, info_of
 
 logger = logging.getLogger(__name__)
+
+# A kernel asked to restart over its own Flight port exits with this code; its supervisor
+# reports it as restarted on request and starts the next one.
+RESTART_EXIT_CODE = 75
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,12 @@ class Kernel:
 
     def interrupt(self, req: InterruptRequest) -> list[RunningExecution]:
         return self.executor.interrupt(req)
+
+    def exit_for_restart(self) -> None:
+        """End this process just after the answer is sent; the supervisor starts a new one."""
+        timer = threading.Timer(0.1, os._exit, (RESTART_EXIT_CODE,))
+        timer.daemon = True
+        timer.start()
 
     def health(self) -> KernelHealth:
         return KernelHealth(

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flight_kernel.errors import InvalidRequest
 
 FLIGHT_SCHEME = "flight://"
+
+# The kernel process starts in the service's working directory; user code may `os.chdir`
+# later, which must not move where relative `input_paths` and `output_dir` point (SPEC §5).
+START_DIR = os.getcwd()
+
+
+def resolve(path: str) -> str:
+    """A file path as an absolute one: a relative path is taken from `START_DIR`."""
+    if os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(START_DIR, path))
 
 
 @dataclass(frozen=True)
@@ -48,21 +61,37 @@ FlightPath = TablePath | OutputPath | ArtifactPath
 _SEGMENTS = {"tables": 2, "outputs": 4, "artifacts": 3}
 
 
+def _broken_rule(value: str) -> str | None:
+    if value == "":
+        return "it must not be empty"
+    if value in (".", ".."):
+        return "it must be a plain name, not '.' or '..'"
+    for char, shown in (("/", "'/'"), ("\\", "'\\'"), ("\x00", "NUL")):
+        if char in value:
+            return f"it must not contain {shown}"
+    return None
+
+
 def check_segment(value: str, what: str) -> str:
     """Refuse a value that cannot be one segment of a Flight path or a file name."""
-    if value in ("", ".", "..") or "/" in value or "\\" in value or "\x00" in value:
-        raise InvalidRequest(
-            f"{what} {value!r} is not usable as a name: it must be non-empty, "
-            "without '/', '\\' or NUL, and not '.' or '..'"
-        )
+    rule = _broken_rule(value)
+    if rule is not None:
+        raise InvalidRequest(f"{what} {value!r} is not usable as a name: {rule}")
     return value
 
 
+# int() also takes '1_0', '+1', ' 1' and non-ASCII digits: each would be a second spelling
+# of one path. [0-9] is ASCII only, and fullmatch allows no trailing newline.
+_FLOW_ID = re.compile(r"-?[0-9]+")
+
+
 def _flow_id(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(f"flow id {value!r} in a Flight path is not an integer") from None
+    if _FLOW_ID.fullmatch(value) is None:
+        raise InvalidRequest(
+            f"flow id {value!r} in a Flight path is not an integer written as plain ASCII "
+            "digits with an optional leading '-'"
+        )
+    return int(value)
 
 
 def from_segments(segments: list[str]) -> FlightPath:

@@ -69,6 +69,8 @@ class ExecutionResult:
         execution_time_ms: float,
         lost_state: list[str],
         exit_code: int | None,
+        stdout: str = "",
+        stderr: str = "",
     ) -> ExecutionResult:
         """The answer to an execution whose kernel died (or was killed) under it."""
         return cls(
@@ -76,6 +78,8 @@ class ExecutionResult:
             flow_id=flow_id,
             node_id=node_id,
             execution_id=execution_id,
+            stdout=stdout,
+            stderr=stderr,
             error=error,
             error_kind=error_kind,
             execution_time_ms=round(execution_time_ms, 3),

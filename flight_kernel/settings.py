@@ -75,6 +75,7 @@ class Settings:
     interrupt_grace_s: float = 5.0
     start_timeout_s: float = 60.0
     shutdown_grace_s: float = 10.0
+    health_timeout_s: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -103,10 +104,14 @@ class Settings:
             shutdown_grace_s=_read(
                 e, "KERNEL_SHUTDOWN_GRACE_S", _positive, d.shutdown_grace_s, "positive number"
             ),
+            health_timeout_s=_read(
+                e, "KERNEL_HEALTH_TIMEOUT_S", _positive, d.health_timeout_s, "positive number"
+            ),
         )
 
     def to_env(self) -> dict[str, str]:
-        """The environment that reproduces these settings in a child process."""
+        """The environment that reproduces these settings in a child process, but the token:
+        it never goes into an environment (user code could read it there)."""
         env = {
             "KERNEL_HOST": self.host,
             "KERNEL_HTTP_PORT": str(self.http_port),
@@ -115,8 +120,6 @@ class Settings:
             "KERNEL_LOG_LEVEL": self.log_level,
             "KERNEL_INTERRUPT_GRACE_S": str(self.interrupt_grace_s),
         }
-        if self.auth_token:
-            env["KERNEL_AUTH_TOKEN"] = self.auth_token
         if self.exec_timeout_s is not None:
             env["KERNEL_EXEC_TIMEOUT_S"] = str(self.exec_timeout_s)
         if self.advertise_location:

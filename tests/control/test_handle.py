@@ -62,9 +62,11 @@ class FakeProcess:
     def connection(self, wait: bool = True) -> tuple[int, KernelConnection]:
         return 1, self._conn
 
-    def kill(self, generation: int, reason: str, kind: ErrorKind) -> None:
+    def kill(
+        self, generation: int, reason: str, kind: ErrorKind, culprits: frozenset[str] = frozenset()
+    ) -> None:
         self.kills.append((reason, kind))
-        self._death = Death(-9, reason, kind)
+        self._death = Death(-9, reason, kind, culprits)
 
     def death(self, generation: int, timeout: float) -> Death | None:
         return self._death

@@ -64,6 +64,18 @@ def pinned_names(text: str) -> set[str]:
     return names
 
 
+def pinned_version(text: str, name: str) -> str:
+    """The version a constraints file pins `name` at (`name==version`)."""
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            if canonicalize_name(req.name) == canonicalize_name(name):
+                (spec,) = req.specifier
+                return spec.version
+    raise KeyError(f"{name} is not pinned (pinned: {sorted(pinned_names(text))})")
+
+
 def main() -> None:
     """Print constraints.txt."""
     sys.stdout.write(HEADER + "".join(f"{line}\n" for line in pins()))

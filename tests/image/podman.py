@@ -271,3 +271,22 @@ def running(
             yield Container(name, _published_port(name, 9999), _published_port(name, 8815))
     finally:
         podman("rm", "--force", "--time", "10", name, check=False)
+
+
+def run_to_exit(
+    image: str, env: dict[str, str] | None = None, timeout: float = START_DEADLINE_S
+) -> subprocess.CompletedProcess[str]:
+    """Run `image` in the foreground until it exits (one that must stop on its own).
+
+    The container is removed on the way out, also when it outlives `timeout`.
+    """
+    name = f"kernel-runtime-test-{uuid.uuid4().hex[:10]}"
+    mounts, pip_env = pip_access()
+    network, port_env = _network_args()
+    environment = {**pip_env, **port_env, **(env or {})}
+    args = ["run", "--name", name, *rlimit_args(), *network, *mounts]
+    args += [f"--env={key}={value}" for key, value in environment.items()]
+    try:
+        return podman(*args, image, check=False, timeout=timeout)
+    finally:
+        podman("rm", "--force", "--time", "10", name, check=False)

@@ -13,11 +13,20 @@ import pytest
 from tests.control.test_seed_examples import COMPLETE_EXAMPLE
 from tests.helpers import execute
 from tests.image import podman
+from tests.image.constraints import pinned_version
 
 pytestmark = pytest.mark.image
 
+CONSTRAINTS = podman.ROOT / "constraints.txt"
 EXTRA_PACKAGE = "tabulate"  # small, pure Python, and not a dependency of the image
 USES_EXTRA_PACKAGE = "import tabulate\nprint(tabulate.tabulate([['kernel', 7]]))"
+
+
+def test_open_without_a_token_warns_at_start(http: httpx.Client, kernel: podman.Container) -> None:
+    # The image binds 0.0.0.0 and `kernel` runs without KERNEL_AUTH_TOKEN.
+    logs = kernel.logs()
+    assert "listening on 0.0.0.0 without KERNEL_AUTH_TOKEN" in logs
+    assert "can run code in this service; set KERNEL_AUTH_TOKEN" in logs
 
 
 def test_health_and_healthcheck(kernel: podman.Container, http: httpx.Client) -> None:
@@ -92,3 +101,14 @@ def test_sigterm_stops_the_server_cleanly(image: str) -> None:
         # `podman stop` sends SIGTERM to PID 1: the server itself, since entrypoint.sh execs it.
         podman.podman("stop", "--time", "30", container.name)
         assert container.exit_code() == 0, container.logs()
+
+
+def test_kernel_packages_never_replace_a_pinned_package(image: str) -> None:
+    # Without the image's constraints pip would install an older pyarrow in place of its own.
+    version = pinned_version(CONSTRAINTS.read_text(), "pyarrow")
+    proc = podman.run_to_exit(image, env={"KERNEL_PACKAGES": f"pyarrow<{version}"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "ERROR: pip install of KERNEL_PACKAGES failed (pyarrow<" in output
+    assert f"(constraint) pyarrow=={version}" in output  # pip names the package and its pin
+    assert "Uvicorn running" not in output

@@ -1,0 +1,214 @@
+"""The real `kernel-runtime serve` against hostile user code: signals it sends itself, children
+that outlive it, the GIL held in C, a broken kernel, restarts, and bystanders of a kill.
+
+The tests and the user code meet at file latches; nothing depends on how long anything takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.e2e.service import Service
+from tests.helpers import Latch, poll, post_json
+
+pytestmark = pytest.mark.e2e
+
+IMPATIENT_GRACE_S = "1"
+LATCH_DEADLINE_S = 60.0
+RESULT_DEADLINE_S = 120.0
+TOKEN = "e2e-faults-t0ken"
+# Holds the GIL in C for `{seconds}`: a PyDLL call does not release it.
+HOLD_GIL = "import ctypes\nctypes.PyDLL(None).sleep({seconds})\n"
+
+
+@contextlib.contextmanager
+def _threads() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=3)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def test_sigint_to_its_own_process_interrupts_the_execution(service: Service) -> None:
+    pid = service.healthy()["kernel_pid"]
+    code = (
+        "import os, signal\nprint('before')\nos.kill(os.getpid(), signal.SIGINT)\nwhile True: pass"
+    )
+
+    result = service.execute(code)
+
+    assert result["success"] is False
+    assert result["error"] == "Interrupted: the kernel process received SIGINT"
+    assert result["stdout"] == "before\n"
+    assert result.get("kernel_restarted", False) is False
+    assert service.healthy()["kernel_pid"] == pid
+
+
+def test_sigterm_to_its_own_process_is_reported_as_a_death(service: Service) -> None:
+    code = "import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)"
+
+    result = service.execute(code)
+
+    assert result["success"] is False
+    assert result["error"].startswith("KernelDied: the kernel process was killed by SIGTERM")
+    assert result["kernel_restarted"] is True
+    assert service.execute("print('next')")["stdout"] == "next\n"
+
+
+def test_a_forked_child_that_outlives_the_kernel_neither_hangs_nor_survives(
+    service: Service, tmp_path: Path
+) -> None:
+    child_pid = tmp_path / "child.pid"
+    code = (
+        "import os, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    time.sleep(600)\n"
+        "    os._exit(0)\n"
+        f"open({str(child_pid)!r}, 'w').write(str(pid))\n"
+        "os._exit(3)\n"
+    )
+
+    result = service.execute(code)
+
+    assert result["error"].startswith("KernelDied: the kernel process exited with code 3")
+    assert service.execute("print('next')")["stdout"] == "next\n"
+    pid = int(child_pid.read_text())
+    poll(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
+        LATCH_DEADLINE_S,
+        "the forked child to be ended with its kernel",
+    )
+
+
+def test_the_token_is_not_visible_to_user_code_or_its_children(start_service) -> None:
+    service = start_service(KERNEL_AUTH_TOKEN=TOKEN)
+    code = (
+        "import os, subprocess, sys\n"
+        "print(os.environ.get('KERNEL_AUTH_TOKEN'))\n"
+        "print(open('/proc/self/environ', 'rb').read().count(b'KERNEL_AUTH_TOKEN'))\n"
+        "child = subprocess.run(['env'], capture_output=True, text=True).stdout\n"
+        "print('KERNEL_AUTH_TOKEN' in child)\n"
+    )
+
+    result = service.execute(code)
+
+    assert result["success"] is True, result
+    assert result["stdout"] == "None\n0\nFalse\n"
+    assert TOKEN not in result["stdout"]
+
+
+def test_health_answers_while_user_code_holds_the_gil(service: Service, tmp_path: Path) -> None:
+    holding = Latch(tmp_path / "holding")
+    code = f"{holding.set_code()}\n" + HOLD_GIL.format(seconds=20)
+    with _threads() as pool:
+        execution = pool.submit(service.execute, code)
+        holding.wait(LATCH_DEADLINE_S, "the code to take the GIL", detail=service.log)
+
+        response = service.http.get("/health")
+        execution.result(timeout=RESULT_DEADLINE_S)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "healthy"
+    assert [k["state"] for k in body["kernels"]] == ["busy"]
+
+
+def test_an_interrupt_that_cannot_land_escalates_to_a_restart(
+    start_service, tmp_path: Path
+) -> None:
+    service = start_service(KERNEL_INTERRUPT_GRACE_S=IMPATIENT_GRACE_S)
+    holding = Latch(tmp_path / "holding")
+    code = f"print('holding')\n{holding.set_code()}\n" + HOLD_GIL.format(seconds=600)
+    with _threads() as pool:
+        execution = pool.submit(service.execute, code, flow_id=4, node_id="re")
+        holding.wait(LATCH_DEADLINE_S, "the code to take the GIL", detail=service.log)
+
+        answer = post_json(service.http, "/interrupt", {"flow_id": 4})
+        result = execution.result(timeout=RESULT_DEADLINE_S)
+
+    assert [(i["flow_id"], i["node_id"]) for i in answer["interrupted"]] == [(4, "re")]
+    assert result["error"].startswith("Interrupted: the execution ignored the interrupt")
+    assert result["kernel_restarted"] is True
+    assert service.execute("x = 1")["success"] is True
+
+
+def test_a_bystander_of_a_timeout_restart_is_told_it_died_and_keeps_its_output(
+    start_service, tmp_path: Path
+) -> None:
+    service = start_service(KERNEL_INTERRUPT_GRACE_S=IMPATIENT_GRACE_S)
+    bystander_running = Latch(tmp_path / "bystander-running")
+    culprit_holding = Latch(tmp_path / "culprit-holding")
+    bystander = f"print('working')\n{bystander_running.set_code()}\nwhile True:\n    pass\n"
+    culprit = (  # stuck in C, but without the GIL: the kernel can still say what was printed
+        f"import os\nr, w = os.pipe()\n{culprit_holding.set_code()}\n"
+        "while True:\n    try:\n        os.read(r, 1)\n"
+        "    except KeyboardInterrupt:\n        pass\n"
+    )
+    with _threads() as pool:
+        waiting = pool.submit(service.execute, bystander, flow_id=2, node_id="b")
+        bystander_running.wait(LATCH_DEADLINE_S, "the bystander to run", detail=service.log)
+        stuck = pool.submit(service.execute, culprit, flow_id=1, node_id="c", timeout_s=0.5)
+        culprit_result = stuck.result(timeout=RESULT_DEADLINE_S)
+        bystander_result = waiting.result(timeout=RESULT_DEADLINE_S)
+
+    assert culprit_holding.is_set()
+    assert culprit_result["error"].startswith("Timeout: execution exceeded timeout_s=0.5")
+    assert bystander_result["success"] is False
+    assert bystander_result["error"].startswith("KernelDied: the kernel was restarted during")
+    assert "another execution" in bystander_result["error"]
+    assert bystander_result["error_kind"] == "kernel_died"
+    assert bystander_result["stdout"] == "working\n"
+
+
+def test_restart_ends_running_executions_and_starts_a_new_kernel(
+    service: Service, tmp_path: Path
+) -> None:
+    old_pid = service.healthy()["kernel_pid"]
+    running = Latch(tmp_path / "running")
+    service.execute("flowfile.publish_artifact('kept', 1)", flow_id=1, node_id="a")
+    code = f"{running.set_code()}\nwhile True:\n    pass\n"
+    with _threads() as pool:
+        execution = pool.submit(service.execute, code, flow_id=1, node_id="b")
+        running.wait(LATCH_DEADLINE_S, "the execution to run", detail=service.log)
+
+        answer = post_json(service.http, "/restart", {"flow_id": 1})
+        result = execution.result(timeout=RESULT_DEADLINE_S)
+
+    [restarted] = answer["restarted"]
+    assert restarted["pid"] not in (None, old_pid)
+    assert service.healthy()["kernel_pid"] == restarted["pid"]
+    assert result["error"].startswith("KernelDied: the kernel was restarted during")
+    assert "restart was requested" in result["error"]
+    assert service.http.get("/artifacts").json() == []
+
+
+def test_a_kernel_that_cannot_answer_health_is_restarted(service: Service) -> None:
+    old_pid = service.healthy()["kernel_pid"]
+
+    broken = service.http.post(
+        "/execute", json={"node_id": "n", "code": "import json\njson.dumps = None"}
+    )
+
+    assert broken.status_code in (200, 500)  # its own answer may be the first casualty
+
+    def restarted() -> dict[str, Any] | None:
+        body = service.healthy()
+        return body if body["kernel_pid"] != old_pid else None
+
+    body = poll(
+        restarted,
+        RESULT_DEADLINE_S,
+        "the watchdog to restart the broken kernel",
+        detail=service.log,
+    )
+    assert body["restarts"] >= 1
+    assert service.execute("print('fine')")["stdout"] == "fine\n"
