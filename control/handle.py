@@ -44,6 +44,13 @@ def _describe(req: ExecuteRequest) -> dict[str, Any]:
     return {"execution_id": req.execution_id, "flow_id": req.flow_id, "node_id": req.node_id}
 
 
+def _restarted_between(raw: bytes) -> bytes:
+    """An answer from a kernel that replaced the one this flow last used: say what went."""
+    body = json.loads(raw)
+    body.update(kernel_restarted=True, lost_state=list(LOST_STATE))
+    return json.dumps(body).encode()
+
+
 class KernelHandle:
     """Forward actions to one kernel, execute, interrupt, restart, report status."""
 
@@ -54,6 +61,9 @@ class KernelHandle:
         self._inflight: dict[str, ExecuteRequest] = {}
         self._printed: dict[str, tuple[str, str]] = {}  # output saved just before a kill
         self._last_health: dict[str, Any] = {}
+        # The kernel generation each flow last heard from: a flow's first answer from a newer
+        # one says that its kernel died in between.
+        self._flow_generation: dict[int, int] = {}
 
     def start(self) -> None:
         self.process.start()
@@ -84,7 +94,7 @@ class KernelHandle:
 
     # -- executions ------------------------------------------------------------------------
 
-    def execute(self, req: ExecuteRequest) -> bytes:
+    def execute(self, req: ExecuteRequest, *, retry: bool = True) -> bytes:
         """Run code; a kernel that dies or hangs gives a failed result, not an error."""
         if req.execution_id is None:  # minted here, so that a death report can name it
             req = req.model_copy(update={"execution_id": os.urandom(16).hex()})
@@ -99,8 +109,11 @@ class KernelHandle:
         started = time.perf_counter()
         with self._lock:
             self._inflight[execution_id] = req
+            heard = self._flow_generation.setdefault(req.flow_id, generation)
+            self._flow_generation[req.flow_id] = generation
         try:
-            return conn.call("execute", req.model_dump(), timeout=limit)
+            raw = conn.call("execute", req.model_dump(), timeout=limit)
+            return raw if heard == generation else _restarted_between(raw)
         except DeadlineExceeded:
             reason = (
                 f"Timeout: execution exceeded timeout_s={timeout:g} and ignored the interrupt "
@@ -109,6 +122,13 @@ class KernelHandle:
             self.kill(generation, conn, reason, ErrorKind.TIMEOUT, frozenset({execution_id}))
             return self._lost(generation, started, req)
         except ConnectionLost:
+            never_ran = self.process.death(generation, DEATH_REPORT_WAIT_S) is not None and (
+                not self.process.started(generation, execution_id, DEATH_REPORT_WAIT_S)
+            )
+            if never_ran and retry:  # it died before the code started: the next kernel runs it
+                with self._lock:
+                    self._flow_generation[req.flow_id] = heard
+                return self.execute(req, retry=False)
             return self._lost(generation, started, req)
         finally:
             with self._lock:
@@ -137,6 +157,8 @@ class KernelHandle:
         death = self.process.death(generation, DEATH_REPORT_WAIT_S)
         if death is None:
             raise KernelUnavailable("the kernel stopped answering during the execution")
+        with self._lock:  # this flow is told now; its next answer comes from the next kernel
+            self._flow_generation[req.flow_id] = generation + 1
         error, kind = self._why(death, req)
         with self._lock:
             stdout, stderr = self._printed.pop(req.execution_id or "", ("", ""))
@@ -156,8 +178,8 @@ class KernelHandle:
 
     @staticmethod
     def _why(death: Death, req: ExecuteRequest) -> tuple[str, ErrorKind]:
-        """What this execution is told: the reason if it was killed for its own sake, else
-        that it died with the kernel, and why."""
+        """What this execution is told: the reason if it was killed for its own sake or for
+        every execution's (a restart), else that it died with the kernel, and why."""
         lost = "its in-memory state (tables, outputs, artifacts) is lost"
         if death.reason is None:
             return (
@@ -165,13 +187,13 @@ class KernelHandle:
                 f"was restarted and {lost}",
                 ErrorKind.KERNEL_DIED,
             )
-        if req.execution_id in death.culprits and death.kind is not None:
-            return death.reason, death.kind
+        kind = death.kind or ErrorKind.KERNEL_DIED
+        if not death.culprits or req.execution_id in death.culprits:
+            return death.reason, kind
         cause = death.reason.split(": ", 1)[-1]
-        if death.culprits:
-            cause = f"another execution in it: {cause}"
         return (
-            f"KernelDied: the kernel was restarted during this execution ({cause}); {lost}",
+            f"KernelDied: the kernel was restarted during this execution because of another "
+            f"execution in it ({cause}); {lost}",
             ErrorKind.KERNEL_DIED,
         )
 
@@ -214,7 +236,10 @@ class KernelHandle:
     def restart(self) -> dict[str, Any]:
         """Jupyter's "restart kernel": running executions end with `KernelDied`."""
         generation, conn = self.process.connection()
-        reason = "KernelDied: a restart was requested (POST /restart)"
+        reason = (
+            "KernelDied: the kernel was restarted during this execution: a restart was "
+            "requested (POST /restart)"
+        )
         self.kill(generation, conn, reason, ErrorKind.KERNEL_DIED)
         self.process.death(generation, DEATH_REPORT_WAIT_S)
         self.process.connection()  # waits for the new kernel

@@ -104,6 +104,11 @@ class KernelProcess(Protocol):
         """How that generation ended; None when it has not (within `timeout`)."""
         ...
 
+    def started(self, generation: int, execution_id: str, timeout: float) -> bool:
+        """Whether that generation started the execution (False: the code never ran, so it
+        may go to the next kernel)."""
+        ...
+
     def status(self) -> KernelStatus: ...
 
 
@@ -133,6 +138,9 @@ class AttachedKernel:
 
     def death(self, generation: int, timeout: float) -> Death | None:
         return None
+
+    def started(self, generation: int, execution_id: str, timeout: float) -> bool:
+        return True
 
     def status(self) -> KernelStatus:
         return KernelStatus("healthy", 0, None)
@@ -184,6 +192,38 @@ def _read_announcement(fd: int, proc: subprocess.Popen[bytes], deadline: float) 
     return message
 
 
+class _Journal:
+    """The ids of the executions one kernel started, read from its pipe until it closes."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ids: set[str] = set()
+        self._closed = False
+
+    def read(self, fd: int) -> None:
+        rest = b""
+        try:
+            while chunk := os.read(fd, 65536):
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                with self._cond:
+                    self._ids.update(line.decode() for line in lines if line)
+                    if len(self._ids) > 100_000:  # only recent ones matter
+                        self._ids.clear()
+        finally:
+            os.close(fd)
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+
+    def started(self, execution_id: str, timeout: float) -> bool:
+        """Whether the kernel said it started `execution_id`; waits (bounded) for its last
+        words once it is dead, and says True when they never come (the safe answer)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed, timeout=timeout)
+            return execution_id in self._ids or not self._closed
+
+
 def _replaced(kernel: LocalKernelProcess, generation: int) -> Callable[[], bool]:
     """Whether `kernel` has moved past `generation` (or is stopping)."""
     return lambda: kernel._generation != generation or kernel._stopping
@@ -205,6 +245,7 @@ class LocalKernelProcess:
         self._deaths: dict[int, Death] = {}
         self._kill_reasons: dict[int, tuple[str, ErrorKind, frozenset[str]]] = {}
         self._monitor: threading.Thread | None = None
+        self._journals: dict[int, _Journal] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -272,17 +313,22 @@ class LocalKernelProcess:
         try:
             conn = self._verify(proc, read_fd, kernel_id)
         except BaseException:
+            os.close(read_fd)
             _end_group(proc)
             proc.wait()
             raise
-        finally:
-            os.close(read_fd)
         with self._cond:
             old = self._conn
             self._proc, self._conn = proc, conn
             self._generation += 1
+            journal = _Journal()
+            self._journals = {self._generation: journal, **self._recent_journals()}
             self._ready = True
             self._cond.notify_all()
+        reader = threading.Thread(
+            target=journal.read, args=(read_fd,), name="kernel-journal", daemon=True
+        )
+        reader.start()
         if old is not None:
             old.close()
         logger.info(
@@ -337,7 +383,13 @@ class LocalKernelProcess:
             code = proc.wait()
             _end_group(proc)  # what it started dies with it
             with self._cond:
-                if self._stopping:
+                if self._stopping:  # executions still running hear why at once
+                    self._deaths[generation] = Death(
+                        code,
+                        "KernelDied: the service shut down during this execution",
+                        ErrorKind.KERNEL_DIED,
+                    )
+                    self._cond.notify_all()
                     return
                 why = self._kill_reasons.pop(generation, None)
                 death = Death(code, *why) if why is not None else Death(code)
@@ -416,6 +468,15 @@ class LocalKernelProcess:
         with self._cond:
             self._cond.wait_for(lambda: generation in self._deaths, timeout=timeout)
             return self._deaths.get(generation)
+
+    def started(self, generation: int, execution_id: str, timeout: float) -> bool:
+        with self._cond:
+            journal = self._journals.get(generation)
+        return journal is None or journal.started(execution_id, timeout)
+
+    def _recent_journals(self) -> dict[int, _Journal]:
+        """The journals of the last few generations (lock held): late answers may ask."""
+        return {g: j for g, j in self._journals.items() if g > self._generation - 4}
 
     def status(self) -> KernelStatus:
         with self._cond:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -29,12 +30,24 @@ TOKEN_FD = "KERNEL_TOKEN_FD"  # the parent writes the auth token there, never in
 KERNEL_ID = "KERNEL_ID"
 
 
-def _announce(message: dict[str, Any]) -> None:
+def _announce(message: dict[str, Any]) -> int | None:
+    """Write the announcement; the pipe stays open as the journal of started executions."""
     fd = os.environ.pop(ANNOUNCE_FD, None)
     if fd is None:
-        return
-    with os.fdopen(int(fd), "w") as pipe:
-        pipe.write(json.dumps(message) + "\n")
+        return None
+    os.write(int(fd), (json.dumps(message) + "\n").encode())
+    os.set_inheritable(int(fd), False)
+    return int(fd)
+
+
+def _journal(fd: int) -> Callable[[str], None]:
+    """Tell the parent that an execution started: if the kernel dies before the line is
+    written, the parent knows the code never ran and may send it to the next kernel."""
+
+    def started(execution_id: str) -> None:
+        os.write(fd, execution_id.encode() + b"\n")  # one write under PIPE_BUF: atomic
+
+    return started
 
 
 def _settings() -> Settings:
@@ -73,7 +86,9 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _announce({"pid": os.getpid(), "kernel_id": kernel.kernel_id, "location": kernel.location})
+    fd = _announce({"pid": os.getpid(), "kernel_id": kernel.kernel_id, "location": kernel.location})
+    if fd is not None:
+        kernel.executor.on_start = _journal(fd)
     logger.info("kernel serving Flight on %s:%s", settings.host, server.port)
     # The server serves from its own threads since it was made. Not `server.serve()`: it
     # installs handlers that shut the server down on SIGINT and SIGTERM, in place of ours.

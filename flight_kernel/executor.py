@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import CodeType, TracebackType
 
 from flight_kernel import flowfile
@@ -144,6 +144,7 @@ class Executor:
         self._default_timeout_s = default_timeout_s
         self._lock = threading.Lock()
         self._running: dict[str, ExecutionContext] = {}
+        self.on_start: Callable[[str], None] | None = None  # told each execution's id
 
     def run(self, req: ExecuteRequest) -> ExecutionResult:
         """Run one request to the end; user code failing is a result, not an exception."""
@@ -179,6 +180,8 @@ class Executor:
                     timer.start()
                 with self._lock:
                     self._running[ctx.execution_id] = ctx
+                if self.on_start is not None:
+                    self.on_start(ctx.execution_id)
                 compiled = _compile(req.code, filename)
                 namespace = {
                     "__name__": "__main__",

@@ -18,7 +18,13 @@ from flight_kernel.paths import (
     parse_flight_uri,
     resolve,
 )
-from flight_kernel.serialization import as_arrow_table, is_table_like
+from flight_kernel.serialization import (
+    PICKLE,
+    SERIALIZER_KEY,
+    TYPE_KEY,
+    as_arrow_table,
+    is_table_like,
+)
 
 if TYPE_CHECKING:
     from flight_kernel.artifacts import ArtifactStore
@@ -68,7 +74,12 @@ class InputReader:
                     raise TypeError(f"artifact {path} is a {type(obj).__name__}, not a table")
                 return lazy_from_arrow(as_arrow_table(obj))
             return lazy_from_arrow(self._tables.get(path).for_polars())
-        return lazy_from_arrow(self.fetch_remote(uri))
+        table = self.fetch_remote(uri)
+        meta = table.schema.metadata or {}
+        if meta.get(SERIALIZER_KEY) == PICKLE:  # the same answer as a local read gives
+            kind = meta.get(TYPE_KEY, b"object").decode(errors="replace").rsplit(".", 1)[-1]
+            raise TypeError(f"artifact {uri} is a {kind}, not a table")
+        return lazy_from_arrow(table)
 
     def fetch_remote(self, uri: FlightURI) -> pa.Table:
         """`do_get` from another Flight server (sending our token, if any)."""

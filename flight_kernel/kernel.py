@@ -33,6 +33,7 @@ from flight_kernel.serialization import (
     to_arrow,
 )
 from flight_kernel.settings import Settings
+from flight_kernel.tables import bounded
 from flight_kernel.tablestore import MemoryTableStore, TableInfo, TableStore, info_of
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class Kernel:
     def table(self, path: FlightPath) -> pa.Table:
         """What `do_get` streams: the table at a path, or an artifact in its Arrow form."""
         if isinstance(path, ArtifactPath):
-            return to_arrow(self._artifact(path), str(path))
+            return bounded(to_arrow(self._artifact(path), str(path)))
         return self.tables.get(path).client()
 
     def info(self, path: FlightPath) -> TableInfo:

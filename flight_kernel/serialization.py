@@ -1,8 +1,15 @@
-"""Artifacts to Arrow and back: tables travel as tables, other objects as pickled bytes."""
+"""Artifacts to Arrow and back (tables travel as tables, other objects as pickled bytes), and
+what an artifact's buffers weigh (`estimate_size`)."""
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import functools
+import itertools
 import sys
+import types
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
@@ -126,28 +133,218 @@ def from_arrow(table: pa.Table) -> Any:
     return table
 
 
+# An estimate runs on every publish, so its walk is bounded whatever the object's shape.
+SIZE_MAX_DEPTH = 10  # levels followed; an attribute is two (the `__dict__`, then its value)
+SIZE_MAX_ITEMS = 1_000  # objects looked at in one estimate (about a millisecond)
+_SCALARS = frozenset({int, float, bool, str, bytes, type(None)})
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or C's FromSpec)
+
+
 def estimate_size(obj: Any) -> int:
-    """Bytes held by an object's buffers; a shallow `sys.getsizeof` only as a last resort."""
-    try:
-        if isinstance(obj, pl.DataFrame):
-            return int(obj.estimated_size())
-        if isinstance(obj, pa.Table | pa.RecordBatch):
-            return int(obj.nbytes)
-        if isinstance(obj, pl.LazyFrame):
-            return sys.getsizeof(obj)  # a query plan; nothing materialised yet
-        nbytes = getattr(obj, "nbytes", None)  # numpy arrays and friends
-        if isinstance(nbytes, int):
-            return nbytes
-        pd_frame = _pandas_frame_type()
-        if pd_frame is not None and isinstance(obj, pd_frame):
-            return int(obj.memory_usage(deep=True).sum())
-        if isinstance(obj, bytes | bytearray | str):
+    """Bytes held by an object's buffers (frames, series, arrays), also those reachable through
+    its attributes (`__dict__`, `__slots__`) and containers. The walk is bounded (depth, items),
+    counts what it meets twice once, runs no code of the object's classes (no `__getattr__`,
+    property or overridden container method), evaluates no query and never fails."""
+    return _SizeWalk().size(obj, 0)
+
+
+class _SizeWalk:
+    """One estimate: what it has seen, and how many objects it may still look at."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.left = SIZE_MAX_ITEMS
+
+    def size(self, obj: Any, depth: int) -> int:
+        if self.left <= 0 or id(obj) in self.seen:
+            return 0
+        self.left -= 1
+        self.seen.add(id(obj))
+        cls: type = type(obj)
+        if cls in _SCALARS:  # the most common items, quickest out
             return sys.getsizeof(obj)
-        if isinstance(obj, list | tuple | set | frozenset):
-            return sys.getsizeof(obj) + sum(estimate_size(x) for x in list(obj)[:10_000])
-        if isinstance(obj, dict):
-            items = list(obj.items())[:10_000]
-            return sys.getsizeof(obj) + sum(estimate_size(k) + estimate_size(v) for k, v in items)
-    except Exception:  # an estimate must never fail a publish
-        pass
-    return sys.getsizeof(obj)
+        try:
+            kind = _kind(cls)
+            if kind is _Kind.ARRAY:
+                return self._array_size(obj)
+            held = _BUFFERS.get(kind)
+            if held is not None:
+                return held(obj)
+            size = _shallow(obj)
+            if depth < SIZE_MAX_DEPTH and kind is not _Kind.PLAIN:
+                for child in self._children(obj, kind):
+                    if self.left <= 0:
+                        break
+                    size += self.size(child, depth + 1)
+            return size
+        except Exception:  # an estimate must never fail a publish
+            return 0
+
+    def _array_size(self, array: Any) -> int:
+        """A numpy array counts the buffer it keeps alive: a view counts its base, once."""
+        ndarray = sys.modules["numpy"].ndarray  # imported: here is one of its arrays
+        base_of = ndarray.base.__get__
+        root = array
+        while issubclass(type(base := base_of(root)), ndarray):
+            root = base
+        if root is not array:
+            if id(root) in self.seen:
+                return 0
+            self.seen.add(id(root))
+        return int(ndarray.nbytes.__get__(root))
+
+    def _children(self, obj: Any, kind: _Kind) -> Iterable[Any]:
+        """What a container holds, or an object's attributes, read with the built-in types'
+        own methods so that no override runs; at most what the item budget allows."""
+        n = self.left
+        if kind is _Kind.DICT:
+            return itertools.chain.from_iterable(itertools.islice(dict.items(obj), n))
+        if kind is _Kind.LIST:
+            return list.__getitem__(obj, slice(0, n))
+        if kind is _Kind.TUPLE:
+            return tuple.__getitem__(obj, slice(0, n))
+        if kind is _Kind.SET:
+            return itertools.islice(set.__iter__(obj), n)
+        if kind is _Kind.FROZENSET:
+            return itertools.islice(frozenset.__iter__(obj), n)
+        return _attributes(obj)
+
+
+class _Kind(enum.Enum):
+    """How the size walk treats the objects of a class."""
+
+    PLAIN = enum.auto()  # built-in objects: their own size only
+    OBJECT = enum.auto()  # instances of Python classes: their attributes are walked
+    DICT = enum.auto()
+    LIST = enum.auto()
+    TUPLE = enum.auto()
+    SET = enum.auto()
+    FROZENSET = enum.auto()
+    ARRAY = enum.auto()  # numpy
+    POLARS_FRAME = enum.auto()
+    POLARS_SERIES = enum.auto()
+    LAZY_FRAME = enum.auto()
+    ARROW = enum.auto()
+    ARROW_BUFFER = enum.auto()
+    PANDAS_FRAME = enum.auto()
+    PANDAS_SERIES = enum.auto()  # and Index
+    MEMORYVIEW = enum.auto()
+
+
+@functools.lru_cache(maxsize=1024)
+def _kind(cls: type) -> _Kind:
+    """The kind of a class, found on the class: `isinstance` would ask an object for its
+    `__class__`. numpy and pandas are looked at only if already imported (then their classes
+    exist); a class made before they were imported is none of theirs."""
+    np, pd = sys.modules.get("numpy"), sys.modules.get("pandas")
+    kinds: list[tuple[Any, _Kind]] = [
+        (pl.DataFrame, _Kind.POLARS_FRAME),
+        (pl.Series, _Kind.POLARS_SERIES),
+        (pl.LazyFrame, _Kind.LAZY_FRAME),
+        ((pa.Table, pa.RecordBatch, pa.Array, pa.ChunkedArray), _Kind.ARROW),
+        (pa.Buffer, _Kind.ARROW_BUFFER),
+        (memoryview, _Kind.MEMORYVIEW),
+        (dict, _Kind.DICT),
+        (list, _Kind.LIST),
+        (tuple, _Kind.TUPLE),
+        (set, _Kind.SET),
+        (frozenset, _Kind.FROZENSET),
+    ]
+    if np is not None:
+        kinds.append((np.ndarray, _Kind.ARRAY))
+    if pd is not None:
+        kinds += [(pd.DataFrame, _Kind.PANDAS_FRAME), ((pd.Series, pd.Index), _Kind.PANDAS_SERIES)]
+    for classes, kind in kinds:
+        if issubclass(cls, classes):
+            return kind
+    # Attributes of built-in objects (and of code and namespaces) are not data they hold.
+    not_data = (type, types.ModuleType, types.FunctionType, types.MethodType, str, bytes, int)
+    if not cls.__flags__ & _HEAP_TYPE or issubclass(cls, not_data):
+        return _Kind.PLAIN
+    return _Kind.OBJECT
+
+
+def _pandas_memory(obj: Any) -> int:
+    """`memory_usage(deep=True)`, pandas' own (not a subclass's override)."""
+    pd = sys.modules["pandas"]  # imported: here is one of its objects
+    if issubclass(type(obj), pd.DataFrame):
+        return int(pd.DataFrame.memory_usage(obj, deep=True).sum())
+    base = pd.Series if issubclass(type(obj), pd.Series) else pd.Index
+    return int(base.memory_usage(obj, deep=True))
+
+
+_BUFFERS: dict[_Kind, Callable[[Any], int]] = {
+    _Kind.POLARS_FRAME: lambda df: int(pl.DataFrame.estimated_size(df)),
+    _Kind.POLARS_SERIES: lambda s: int(pl.Series.estimated_size(s)),
+    _Kind.LAZY_FRAME: lambda lf: _lazy_frame_size(lf),
+    _Kind.ARROW: lambda a: int(a.nbytes),
+    _Kind.ARROW_BUFFER: lambda b: int(b.size),
+    _Kind.PANDAS_FRAME: _pandas_memory,
+    _Kind.PANDAS_SERIES: _pandas_memory,
+    _Kind.MEMORYVIEW: lambda m: int(memoryview.nbytes.__get__(m)),
+}
+
+
+def _attributes(obj: Any) -> list[Any]:
+    """The values in an object's `__slots__` and `__dict__`, read through the descriptors
+    Python made for them (never `__getattribute__`, `__getattr__` or properties)."""
+    cls: type = type(obj)
+    slots, dict_descriptor = _attribute_descriptors(cls)
+    values: list[Any] = []
+    for slot in slots:
+        with contextlib.suppress(AttributeError):  # an unset slot
+            values.append(slot.__get__(obj, cls))
+    if dict_descriptor is not None:
+        instance_dict = dict_descriptor.__get__(obj, cls)
+        if type(instance_dict) is dict:
+            values.append(instance_dict)  # walked as a dict: its own size, keys and values
+    return values
+
+
+@functools.lru_cache(maxsize=1024)
+def _attribute_descriptors(cls: type) -> tuple[tuple[Any, ...], Any]:
+    """A class's slot descriptors and the descriptor of its instances' `__dict__` (or None)."""
+    slots: list[Any] = []
+    dict_descriptor: Any = None
+    for klass in cls.__mro__:
+        namespace = vars(klass)
+        slots += [d for d in namespace.values() if type(d) is types.MemberDescriptorType]
+        found = namespace.get("__dict__")
+        if dict_descriptor is None and type(found) is types.GetSetDescriptorType:
+            dict_descriptor = found
+    return tuple(slots), dict_descriptor
+
+
+def _shallow(obj: Any) -> int:
+    """`sys.getsizeof`, unless a class defines `__sizeof__` in Python (code of the object's)."""
+    cls: type = type(obj)
+    return int(object.__sizeof__(obj)) if _sizeof_in_python(cls) else sys.getsizeof(obj)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sizeof_in_python(cls: type) -> bool:
+    built_in = (types.MethodDescriptorType, types.WrapperDescriptorType)
+    for klass in cls.__mro__:
+        sizeof = vars(klass).get("__sizeof__")
+        if sizeof is not None:
+            return type(sizeof) not in built_in
+    return False
+
+
+def _lazy_frame_size(lf: pl.LazyFrame) -> int:
+    """The frame that `df.lazy()` scans, or a shallow size for any other query.
+
+    A query's inputs can only be seen by planning it (`_ldf.visit()` converts the plan first),
+    and planning may read files (schemas of scans) or call user functions (dtypes of
+    `map_batches`): too slow and not ours to run on a publish. A plan whose root is a scan of
+    a DataFrame (polars' private `_node_name`, read without planning) has nothing to plan, so
+    its frame is read from the plan's node, sharing its buffers. Any failure (polars moves
+    these private APIs) gives the shallow size.
+    """
+    with contextlib.suppress(Exception):
+        ldf: Any = lf._ldf
+        if ldf._node_name() == "DataFrameScan":
+            node = ldf.visit().view_current_node()
+            if type(node).__name__ == "DataFrameScan":
+                return int(pl.DataFrame._from_pydf(node.df).estimated_size())
+    return _shallow(lf)

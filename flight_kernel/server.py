@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_kernel import actions
@@ -32,6 +33,25 @@ def _descriptor_path(descriptor: flight.FlightDescriptor) -> FlightPath:
             "only path descriptors are supported (tables/<name>, artifacts/<flow_id>/<name>, ...)"
         )
     return parse_descriptor_path(list(descriptor.path or []))
+
+
+def _finished_only(
+    reader: flight.MetadataRecordBatchReader, context: Any, path: FlightPath
+) -> pa.RecordBatchReader:
+    """The uploaded batches, as they arrive; a stream the client broke off (it died, or
+    cancelled before finishing) raises at its end, so that nothing of it is stored."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for chunk in reader:
+            if chunk.data is not None:
+                yield chunk.data
+        if context.is_cancelled():
+            raise InvalidRequest(
+                f"the upload to {path} broke off before the client finished it; nothing was "
+                "stored and what was there is unchanged"
+            )
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
 class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -68,7 +88,8 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: Any,
     ) -> None:
         with server_errors("do_put"):
-            self.kernel.put(_descriptor_path(descriptor), reader.to_reader())
+            path = _descriptor_path(descriptor)
+            self.kernel.put(path, _finished_only(reader, context, path))
 
     def get_flight_info(
         self, context: Any, descriptor: flight.FlightDescriptor

@@ -71,6 +71,9 @@ class FakeProcess:
     def death(self, generation: int, timeout: float) -> Death | None:
         return self._death
 
+    def started(self, generation: int, execution_id: str, timeout: float) -> bool:
+        return True
+
     def status(self) -> KernelStatus:
         return KernelStatus("healthy", 0, None)
 

@@ -7,6 +7,8 @@ The tests and the user code meet at file latches; nothing depends on how long an
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -164,7 +166,7 @@ def test_a_bystander_of_a_timeout_restart_is_told_it_died_and_keeps_its_output(
     assert culprit_result["error"].startswith("Timeout: execution exceeded timeout_s=0.5")
     assert bystander_result["success"] is False
     assert bystander_result["error"].startswith("KernelDied: the kernel was restarted during")
-    assert "another execution" in bystander_result["error"]
+    assert "because of another execution" in bystander_result["error"]
     assert bystander_result["error_kind"] == "kernel_died"
     assert bystander_result["stdout"] == "working\n"
 
@@ -212,3 +214,20 @@ def test_a_kernel_that_cannot_answer_health_is_restarted(service: Service) -> No
     )
     assert body["restarts"] >= 1
     assert service.execute("print('fine')")["stdout"] == "fine\n"
+
+
+def test_a_flows_first_answer_after_its_kernel_died_between_requests_says_so(
+    service: Service,
+) -> None:
+    assert service.execute("flowfile.publish_artifact('a', 1)", flow_id=5)["success"] is True
+    os.kill(service.healthy()["kernel_pid"], signal.SIGKILL)
+
+    first = service.execute("print('after')", flow_id=5)
+    second = service.execute("print('again')", flow_id=5)
+    other = service.execute("print('new flow')", flow_id=6)
+
+    assert first["success"] is True
+    assert first["kernel_restarted"] is True
+    assert "artifacts" in first["lost_state"]
+    assert second["kernel_restarted"] is False
+    assert other["kernel_restarted"] is False  # it never had anything to lose

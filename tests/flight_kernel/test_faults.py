@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.flight as flight
 import pytest
 
 from flight_kernel.kernel import Kernel
@@ -80,3 +84,54 @@ def test_the_kernel_still_answers_after_an_unprintable_exception(client, run_cod
     run_code("class E(Exception):\n    def __str__(self):\n        raise ValueError\nraise E()")
     assert client.get("/health").json()["status"] == "healthy"
     assert run_code("print('next')")["stdout"] == "next\n"
+
+
+BROKEN_UPLOAD = """
+import os, sys
+import pyarrow as pa, pyarrow.flight as flight
+client = flight.connect(sys.argv[1])
+batch = pa.record_batch({"x": pa.array(range(1000))})
+writer, _ = client.do_put(flight.FlightDescriptor.for_path("tables", "t"), batch.schema)
+for _ in range(7):
+    writer.write_batch(batch)
+os._exit(0)  # dies before done_writing/close: the stream breaks off
+"""
+
+
+def test_an_upload_that_breaks_off_stores_nothing_and_keeps_what_was_there(
+    kernel_location, flight_client
+):
+    old = pa.table({"x": [1, 2, 3]})
+    writer, _ = flight_client.do_put(flight.FlightDescriptor.for_path("tables", "t"), old.schema)
+    writer.write_table(old)
+    writer.close()
+
+    subprocess.run([sys.executable, "-c", BROKEN_UPLOAD, kernel_location], check=True)
+
+    assert flight_client.do_get(flight.Ticket(b"tables/t")).read_all().equals(old)
+
+
+def test_an_upload_that_breaks_off_leaves_no_new_table(kernel_location, flight_client):
+    subprocess.run([sys.executable, "-c", BROKEN_UPLOAD, kernel_location], check=True)
+    with pytest.raises(KeyError, match="tables/t"):
+        flight_client.do_get(flight.Ticket(b"tables/t")).read_all()
+
+
+def test_a_remote_non_table_artifact_fails_as_a_local_one_does(kernel_location, kernel_server):
+    kernel_server.kernel.artifacts.publish(1, None, "model", {"w": 1})
+    host_port = kernel_location.removeprefix("grpc://")
+    local, remote = kernel_server.kernel, Kernel()  # the remote read goes over Flight
+    errors = []
+    for kernel, uri in (
+        (local, "flight:///artifacts/1/model"),
+        (remote, f"flight://{host_port}/artifacts/1/model"),
+    ):
+        request = ExecuteRequest(
+            node_id="n", code="flowfile.read_input()", input_paths={"main": [uri]}
+        )
+        errors.append(kernel.execute(request).error)
+
+    for error in errors:
+        assert error is not None
+        assert error.startswith("TypeError: artifact ")
+        assert error.endswith(" is a dict, not a table")
