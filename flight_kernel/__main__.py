@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from flight_kernel.context import install_capture
+from flight_kernel.fdcapture import FdCapture
 from flight_kernel.kernel import Kernel
 from flight_kernel.requests import InterruptRequest
 from flight_kernel.server import KernelFlightServer
@@ -65,12 +66,14 @@ def _settings() -> Settings:
 
 def main() -> None:
     settings = _settings()
+    kernel = Kernel(settings, kernel_id=os.environ.pop(KERNEL_ID, ""))
+    capture = FdCapture(kernel.executor.sole_running)  # before logging takes sys.stderr
+    kernel.executor.before_end = capture.drain
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s kernel %(levelname)s %(name)s: %(message)s",
     )
     install_capture()
-    kernel = Kernel(settings, kernel_id=os.environ.pop(KERNEL_ID, ""))
     try:
         server = KernelFlightServer(kernel)
     except Exception as exc:

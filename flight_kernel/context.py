@@ -8,10 +8,13 @@ calling thread, and to the real stream when none is.
 
 from __future__ import annotations
 
+import contextvars
 import io
+import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
@@ -28,6 +31,7 @@ class CappedBuffer:
     """Text sink that keeps the first `limit` bytes and counts what it dropped."""
 
     def __init__(self, limit: int) -> None:
+        self.limit = limit
         self._limit = limit
         self._parts: list[str] = []
         self._size = 0
@@ -85,6 +89,9 @@ class ExecutionContext:
     output_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     thread_id: int = field(default_factory=threading.get_ident)
     started: float = field(default_factory=time.perf_counter)
+    log_bytes: int = 0
+    logs_dropped: int = 0
+    log_bytes_dropped: int = 0
     cancel_reason: str | None = None  # set once, by a timeout or an interrupt
     cancel_kind: ErrorKind | None = None
     done: bool = False
@@ -118,7 +125,7 @@ class _StreamRouter(io.TextIOBase):
 
     def _target(self) -> TextIO | CappedBuffer:
         ctx = current.get()
-        if ctx is None:
+        if ctx is None or ctx.done:  # a thread that outlived its execution writes to the log
             return self.fallback
         return ctx.stdout if self._which == "stdout" else ctx.stderr
 
@@ -143,16 +150,72 @@ class _StreamRouter(io.TextIOBase):
         return self.fallback.fileno()
 
 
+_KERNEL_LOGGERS = ("flowfile", "flight_kernel", "control")  # logged by the kernel itself
+
+
+class _ExecutionLogHandler(logging.Handler):
+    """On the root logger: a record that user code logs goes to its execution's stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = current.get()
+        if ctx is None or ctx.done or record.name.startswith(_KERNEL_LOGGERS):
+            return
+        try:
+            ctx.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _start_in_execution(start: Callable[[threading.Thread], None]) -> Callable[..., None]:
+    """`Thread.start`, so that a thread started during an execution belongs to it (Jupyter's
+    thread-parent rule): its prints, logging and `flowfile` calls go to that execution."""
+
+    def start_thread(self: threading.Thread) -> None:
+        ctx = current.get()
+        if ctx is not None and not ctx.done:
+            run, context = self.run, contextvars.copy_context()
+            self.run = lambda: context.run(run)  # type: ignore[method-assign]
+        start(self)
+
+    start_thread.__wrapped__ = start  # type: ignore[attr-defined]
+    return start_thread
+
+
 def install_capture() -> None:
-    """Route sys.stdout/sys.stderr through the current execution (idempotent, cheap)."""
+    """Route sys.stdout/sys.stderr, logging and new threads through the current execution
+    (idempotent, cheap)."""
     if not isinstance(sys.stdout, _StreamRouter):
         sys.stdout = _StreamRouter("stdout", sys.stdout)
     if not isinstance(sys.stderr, _StreamRouter):
         sys.stderr = _StreamRouter("stderr", sys.stderr)
+    root = logging.getLogger()
+    if not any(isinstance(h, _ExecutionLogHandler) for h in root.handlers):
+        root.addHandler(_ExecutionLogHandler())
+    if not hasattr(threading.Thread.start, "__wrapped__"):
+        threading.Thread.start = _start_in_execution(threading.Thread.start)  # type: ignore[method-assign]
+
+
+def cap_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` bytes of UTF-8, with a marker saying what was dropped."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    kept = data[:limit].decode("utf-8", "ignore")
+    dropped = len(data) - len(kept.encode("utf-8"))
+    return f"{kept}\n[truncated: {dropped} bytes dropped beyond the {limit}-byte limit]\n"
 
 
 def require_context() -> ExecutionContext:
     ctx = current.get()
     if ctx is None:
         raise RuntimeError("flowfile functions only work inside code run by the kernel")
+    if ctx.done:
+        raise RuntimeError(
+            f"the execution this thread belongs to (node {ctx.node_id!r}) has ended; flowfile "
+            "works in threads only while their execution runs"
+        )
     return ctx

@@ -20,6 +20,7 @@ import time
 import traceback
 import types
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from types import CodeType, TracebackType
 
 from flight_kernel import flowfile
@@ -28,12 +29,13 @@ from flight_kernel.context import (
     CappedBuffer,
     ExecutionContext,
     RunningExecution,
+    cap_text,
     current,
     install_capture,
 )
 from flight_kernel.inputs import InputReader
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
-from flight_kernel.results import ErrorKind, ExecutionResult
+from flight_kernel.results import ErrorKind, ExecutionResult, LogRecord
 from flight_kernel.tablestore import TableStore
 
 logger = logging.getLogger(__name__)
@@ -145,6 +147,7 @@ class Executor:
         self._lock = threading.Lock()
         self._running: dict[str, ExecutionContext] = {}
         self.on_start: Callable[[str], None] | None = None  # told each execution's id
+        self.before_end: Callable[[], None] | None = None  # e.g. deliver fd output still due
 
     def run(self, req: ExecuteRequest) -> ExecutionResult:
         """Run one request to the end; user code failing is a result, not an exception."""
@@ -190,6 +193,11 @@ class Executor:
                 }
                 exec(compiled, namespace)
             finally:
+                if self.before_end is not None:
+                    try:
+                        self.before_end()
+                    except BaseException:  # an interrupt landing here must not skip the rest
+                        logger.exception("before_end of execution %s", ctx.execution_id)
                 with self._lock:
                     ctx.done = True
                     if ctx.cancel_reason is not None:  # drop an interrupt not yet delivered
@@ -240,6 +248,19 @@ class Executor:
                 ctx.node_id,
                 message,
             )
+        limit = ctx.stdout.limit
+        logs = list(ctx.logs)
+        if ctx.logs_dropped:
+            logs.append(
+                LogRecord(
+                    level="WARNING",
+                    message=f"{ctx.logs_dropped} log records ({ctx.log_bytes_dropped} bytes) "
+                    f"dropped beyond the {limit}-byte limit",
+                    flow_id=ctx.flow_id,
+                    node_id=ctx.node_id,
+                    timestamp=datetime.now(UTC).isoformat(),
+                )
+            )
         return ExecutionResult(
             success=error is None,
             flow_id=ctx.flow_id,
@@ -250,10 +271,10 @@ class Executor:
             deleted_artifacts=list(ctx.deleted_artifacts),
             stdout=ctx.stdout.getvalue(),
             stderr=ctx.stderr.getvalue(),
-            error=message,
+            error=None if message is None else cap_text(message, limit),
             error_kind=kind,
-            traceback=trace,
-            logs=list(ctx.logs),
+            traceback=None if trace is None else cap_text(trace, limit),
+            logs=logs,
             execution_time_ms=round(elapsed_ms, 3),
         )
 
@@ -286,6 +307,13 @@ class Executor:
                 and (req.execution_id is None or c.execution_id == req.execution_id)
             ]
         return [c.describe() for c in matches if self._cancel(c, ErrorKind.INTERRUPTED, reason)]
+
+    def sole_running(self) -> ExecutionContext | None:
+        """The running execution, when exactly one runs."""
+        with self._lock:
+            if len(self._running) != 1:
+                return None
+            return next(iter(self._running.values()))
 
     def printed(self) -> list[tuple[str, str, str]]:
         """What each running execution printed so far: (execution_id, stdout, stderr)."""

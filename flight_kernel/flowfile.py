@@ -144,15 +144,21 @@ def log(message: Any, level: str = "INFO") -> None:
     if levelno is None:
         raise ValueError(f"unknown log level {level!r} (use one of {', '.join(_LEVELS)})")
     text = str(message)
-    ctx.logs.append(
-        LogRecord(
-            level=logging.getLevelName(levelno),
-            message=text,
-            flow_id=ctx.flow_id,
-            node_id=ctx.node_id,
-            timestamp=datetime.now(UTC).isoformat(),
+    size = len(text.encode("utf-8", "replace"))
+    if ctx.log_bytes + size > ctx.stdout.limit:  # the response keeps what fits, says the rest
+        ctx.logs_dropped += 1
+        ctx.log_bytes_dropped += size
+    else:
+        ctx.log_bytes += size
+        ctx.logs.append(
+            LogRecord(
+                level=logging.getLevelName(levelno),
+                message=text,
+                flow_id=ctx.flow_id,
+                node_id=ctx.node_id,
+                timestamp=datetime.now(UTC).isoformat(),
+            )
         )
-    )
     logger.log(levelno, "[flow %s node %s] %s", ctx.flow_id, ctx.node_id, text)
 
 

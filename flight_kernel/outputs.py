@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,14 +115,13 @@ def _write(frame: Any, target: str) -> None:
 
 
 def _temporary(directory: str) -> str:
-    """A new empty file beside the target; its name fits whatever the output's name is."""
-    while True:
-        tmp = os.path.join(directory, f".output-{secrets.token_hex(8)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return tmp
+    """A file in a new private directory beside the target (its name fits whatever the
+    output's name is). Removing the directory after a failure also stops a writer that
+    carries on in the background (polars' sink can create its file after it raised)."""
+    private = tempfile.mkdtemp(prefix=".output-", suffix=".tmp", dir=directory)
+    tmp = os.path.join(private, "data" + SUFFIX)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp
 
 
 def _write_parquet(output_dir: str, name: str, frame: Any) -> str:
@@ -139,10 +139,10 @@ def _write_parquet(output_dir: str, name: str, frame: Any) -> str:
         tmp = _temporary(directory)
         _write(frame, tmp)
         os.replace(tmp, target)
+        os.rmdir(os.path.dirname(tmp))
     except BaseException as exc:
         if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+            shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
             raise InvalidRequest(
                 f"output name {_shown(name)} is too long for the file system of "

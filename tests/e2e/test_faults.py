@@ -231,3 +231,22 @@ def test_a_flows_first_answer_after_its_kernel_died_between_requests_says_so(
     assert "artifacts" in first["lost_state"]
     assert second["kernel_restarted"] is False
     assert other["kernel_restarted"] is False  # it never had anything to lose
+
+
+def test_output_written_to_file_descriptors_is_captured(service: Service) -> None:
+    code = (
+        "import os, subprocess, sys\n"
+        "print('python')\n"
+        "sys.stdout.flush()\n"
+        "subprocess.run(['echo', 'from a child'], check=True)\n"
+        "os.system('echo from os.system')\n"
+        "os.write(1, b'straight to fd 1\\n')\n"
+        "os.write(2, b'straight to fd 2\\n')\n"
+    )
+
+    result = service.execute(code)
+
+    assert result["success"] is True, result
+    assert result["stdout"] == "python\nfrom a child\nfrom os.system\nstraight to fd 1\n"
+    assert result["stderr"] == "straight to fd 2\n"
+    assert "from a child" not in service.execute("print('next')")["stdout"]

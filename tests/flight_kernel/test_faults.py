@@ -12,6 +12,7 @@ import pytest
 
 from flight_kernel.kernel import Kernel
 from flight_kernel.requests import ExecuteRequest
+from flight_kernel.settings import Settings
 
 
 @pytest.fixture
@@ -135,3 +136,70 @@ def test_a_remote_non_table_artifact_fails_as_a_local_one_does(kernel_location, 
         assert error is not None
         assert error.startswith("TypeError: artifact ")
         assert error.endswith(" is a dict, not a table")
+
+
+# -- what an execution's threads, logging and limits do -----------------------------------
+
+
+def test_a_thread_started_by_the_execution_belongs_to_it(kernel):
+    code = (
+        "import threading\n"
+        "def work():\n"
+        "    print('from the thread')\n"
+        "    flowfile.log_info('logged from the thread')\n"
+        "    flowfile.publish_artifact('made_in_thread', 1)\n"
+        "t = threading.Thread(target=work)\n"
+        "t.start()\n"
+        "t.join()\n"
+    )
+    result = run(kernel, code)
+
+    assert result["success"] is True, result["error"]
+    assert result["stdout"] == "from the thread\n"
+    assert [r["message"] for r in result["logs"]] == ["logged from the thread"]
+    assert result["published_artifacts"] == ["made_in_thread"]
+
+
+def test_a_thread_that_outlives_its_execution_is_told_so_by_flowfile(kernel):
+    code = (
+        "import threading\n"
+        "go, done, seen = threading.Event(), threading.Event(), []\n"
+        "def late():\n"
+        "    go.wait(10)\n"
+        "    try:\n"
+        "        flowfile.log_info('too late')\n"
+        "    except RuntimeError as exc:\n"
+        "        seen.append(str(exc))\n"
+        "    done.set()\n"
+        "threading.Thread(target=late, daemon=True).start()\n"
+        "flowfile.publish_artifact('probe', (go, done, seen))\n"
+    )
+    first = run(kernel, code)
+    go, done, seen = kernel.artifacts.get(0, "probe").obj
+    go.set()
+    assert done.wait(10)
+
+    assert first["success"] is True, first["error"]
+    assert first["logs"] == []
+    assert len(seen) == 1
+    assert "has ended" in seen[0]
+
+
+def test_logging_records_go_to_the_executions_stderr(kernel):
+    result = run(kernel, "import logging\nlogging.getLogger('mine').warning('careful: %s', 42)")
+    assert result["stderr"] == "WARNING:mine:careful: 42\n"
+
+
+def test_error_traceback_and_logs_are_capped_with_a_marker():
+    kernel = Kernel(Settings(max_stream_bytes=100))
+    code = "for i in range(50):\n    flowfile.log_info('x' * 10)\nraise ValueError('e' * 500)\n"
+    result = run(kernel, code)
+
+    assert result["error"].startswith("ValueError: eee")
+    assert "[truncated: " in result["error"]
+    assert len(result["error"].encode()) < 200
+    assert "[truncated: " in result["traceback"]
+    assert [r["message"] for r in result["logs"][:-1]] == ["x" * 10] * 10
+    last = result["logs"][-1]
+    assert last["level"] == "WARNING"
+    assert last["message"] == "40 log records (400 bytes) dropped beyond the 100-byte limit"
