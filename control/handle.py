@@ -107,6 +107,7 @@ class KernelHandle:
         limit = None if timeout is None else timeout + grace + 1.0
         generation, conn = self.process.connection()
         started = time.perf_counter()
+        starts = self.process.starts(generation)
         with self._lock:
             self._inflight[execution_id] = req
             heard = self._flow_generation.setdefault(req.flow_id, generation)
@@ -123,7 +124,7 @@ class KernelHandle:
             return self._lost(generation, started, req)
         except ConnectionLost:
             never_ran = self.process.death(generation, DEATH_REPORT_WAIT_S) is not None and (
-                not self.process.started(generation, execution_id, DEATH_REPORT_WAIT_S)
+                not self.process.started(generation, execution_id, starts)
             )
             if never_ran and retry:  # it died before the code started: the next kernel runs it
                 with self._lock:

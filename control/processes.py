@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from control.connection import Connection, KernelConnection, call_json
-from flight_kernel.__main__ import ANNOUNCE_FD, KERNEL_ID, TOKEN_FD
+from flight_kernel.__main__ import ANNOUNCE_FD, JOURNAL_FD, KERNEL_ID, TOKEN_FD
 from flight_kernel.errors import (
     ConnectionLost,
     DeadlineExceeded,
     KernelError,
     KernelUnavailable,
 )
+from flight_kernel.journal import StartJournal
 from flight_kernel.kernel import RESTART_EXIT_CODE
 from flight_kernel.results import ErrorKind
 from flight_kernel.settings import Settings
@@ -104,9 +105,13 @@ class KernelProcess(Protocol):
         """How that generation ended; None when it has not (within `timeout`)."""
         ...
 
-    def started(self, generation: int, execution_id: str, timeout: float) -> bool:
-        """Whether that generation started the execution (False: the code never ran, so it
-        may go to the next kernel)."""
+    def starts(self, generation: int) -> int:
+        """How many executions that generation started so far (a mark to pass `started`)."""
+        ...
+
+    def started(self, generation: int, execution_id: str, since: int) -> bool:
+        """Whether that generation started the execution after `starts` was `since` (False:
+        the code never ran, so it may go to the next kernel)."""
         ...
 
     def status(self) -> KernelStatus: ...
@@ -139,7 +144,10 @@ class AttachedKernel:
     def death(self, generation: int, timeout: float) -> Death | None:
         return None
 
-    def started(self, generation: int, execution_id: str, timeout: float) -> bool:
+    def starts(self, generation: int) -> int:
+        return 0
+
+    def started(self, generation: int, execution_id: str, since: int) -> bool:
         return True
 
     def status(self) -> KernelStatus:
@@ -192,38 +200,6 @@ def _read_announcement(fd: int, proc: subprocess.Popen[bytes], deadline: float) 
     return message
 
 
-class _Journal:
-    """The ids of the executions one kernel started, read from its pipe until it closes."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._ids: set[str] = set()
-        self._closed = False
-
-    def read(self, fd: int) -> None:
-        rest = b""
-        try:
-            while chunk := os.read(fd, 65536):
-                lines = (rest + chunk).split(b"\n")
-                rest = lines.pop()
-                with self._cond:
-                    self._ids.update(line.decode() for line in lines if line)
-                    if len(self._ids) > 100_000:  # only recent ones matter
-                        self._ids.clear()
-        finally:
-            os.close(fd)
-            with self._cond:
-                self._closed = True
-                self._cond.notify_all()
-
-    def started(self, execution_id: str, timeout: float) -> bool:
-        """Whether the kernel said it started `execution_id`; waits (bounded) for its last
-        words once it is dead, and says True when they never come (the safe answer)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._closed, timeout=timeout)
-            return execution_id in self._ids or not self._closed
-
-
 def _replaced(kernel: LocalKernelProcess, generation: int) -> Callable[[], bool]:
     """Whether `kernel` has moved past `generation` (or is stopping)."""
     return lambda: kernel._generation != generation or kernel._stopping
@@ -245,7 +221,7 @@ class LocalKernelProcess:
         self._deaths: dict[int, Death] = {}
         self._kill_reasons: dict[int, tuple[str, ErrorKind, frozenset[str]]] = {}
         self._monitor: threading.Thread | None = None
-        self._journals: dict[int, _Journal] = {}
+        self._journals: dict[int, StartJournal] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -298,12 +274,20 @@ class LocalKernelProcess:
         os.close(token_write)
         env = {k: v for k, v in os.environ.items() if k != "KERNEL_AUTH_TOKEN"}
         env.update(self.settings.to_env())
-        env.update({ANNOUNCE_FD: str(write_fd), TOKEN_FD: str(token_read), KERNEL_ID: kernel_id})
+        journal = StartJournal.create()
+        env.update(
+            {
+                ANNOUNCE_FD: str(write_fd),
+                TOKEN_FD: str(token_read),
+                JOURNAL_FD: str(journal.fd),
+                KERNEL_ID: kernel_id,
+            }
+        )
         try:
             proc = subprocess.Popen(
                 self._command,
                 env=env,
-                pass_fds=(write_fd, token_read),
+                pass_fds=(write_fd, token_read, journal.fd),
                 preexec_fn=_die_with_parent,
                 start_new_session=True,  # its own process group, ended with it
             )
@@ -313,22 +297,21 @@ class LocalKernelProcess:
         try:
             conn = self._verify(proc, read_fd, kernel_id)
         except BaseException:
-            os.close(read_fd)
+            journal.close()
             _end_group(proc)
             proc.wait()
             raise
+        finally:
+            os.close(read_fd)
         with self._cond:
             old = self._conn
             self._proc, self._conn = proc, conn
             self._generation += 1
-            journal = _Journal()
-            self._journals = {self._generation: journal, **self._recent_journals()}
+            for generation in [g for g in self._journals if g <= self._generation - 4]:
+                self._journals.pop(generation).close()  # late answers only ask recent ones
+            self._journals[self._generation] = journal
             self._ready = True
             self._cond.notify_all()
-        reader = threading.Thread(
-            target=journal.read, args=(read_fd,), name="kernel-journal", daemon=True
-        )
-        reader.start()
         if old is not None:
             old.close()
         logger.info(
@@ -469,14 +452,15 @@ class LocalKernelProcess:
             self._cond.wait_for(lambda: generation in self._deaths, timeout=timeout)
             return self._deaths.get(generation)
 
-    def started(self, generation: int, execution_id: str, timeout: float) -> bool:
+    def starts(self, generation: int) -> int:
         with self._cond:
             journal = self._journals.get(generation)
-        return journal is None or journal.started(execution_id, timeout)
+        return journal.count() if journal is not None else 0
 
-    def _recent_journals(self) -> dict[int, _Journal]:
-        """The journals of the last few generations (lock held): late answers may ask."""
-        return {g: j for g, j in self._journals.items() if g > self._generation - 4}
+    def started(self, generation: int, execution_id: str, since: int) -> bool:
+        with self._cond:
+            journal = self._journals.get(generation)
+        return journal is None or journal.started_since(execution_id, since)
 
     def status(self) -> KernelStatus:
         with self._cond:

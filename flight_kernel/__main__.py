@@ -13,12 +13,12 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from flight_kernel.context import install_capture
 from flight_kernel.fdcapture import FdCapture
+from flight_kernel.journal import StartJournal
 from flight_kernel.kernel import Kernel
 from flight_kernel.requests import InterruptRequest
 from flight_kernel.server import KernelFlightServer
@@ -29,26 +29,15 @@ logger = logging.getLogger("flight_kernel")
 ANNOUNCE_FD = "KERNEL_ANNOUNCE_FD"
 TOKEN_FD = "KERNEL_TOKEN_FD"  # the parent writes the auth token there, never into the env
 KERNEL_ID = "KERNEL_ID"
+JOURNAL_FD = "KERNEL_JOURNAL_FD"  # a `journal.StartJournal` shared with the parent
 
 
-def _announce(message: dict[str, Any]) -> int | None:
-    """Write the announcement; the pipe stays open as the journal of started executions."""
+def _announce(message: dict[str, Any]) -> None:
     fd = os.environ.pop(ANNOUNCE_FD, None)
     if fd is None:
-        return None
-    os.write(int(fd), (json.dumps(message) + "\n").encode())
-    os.set_inheritable(int(fd), False)
-    return int(fd)
-
-
-def _journal(fd: int) -> Callable[[str], None]:
-    """Tell the parent that an execution started: if the kernel dies before the line is
-    written, the parent knows the code never ran and may send it to the next kernel."""
-
-    def started(execution_id: str) -> None:
-        os.write(fd, execution_id.encode() + b"\n")  # one write under PIPE_BUF: atomic
-
-    return started
+        return
+    with os.fdopen(int(fd), "w") as pipe:
+        pipe.write(json.dumps(message) + "\n")
 
 
 def _settings() -> Settings:
@@ -89,9 +78,10 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    fd = _announce({"pid": os.getpid(), "kernel_id": kernel.kernel_id, "location": kernel.location})
-    if fd is not None:
-        kernel.executor.on_start = _journal(fd)
+    journal = os.environ.pop(JOURNAL_FD, None)
+    if journal is not None:  # tells the parent which executions started, should this die
+        kernel.executor.on_start = StartJournal(int(journal)).mark
+    _announce({"pid": os.getpid(), "kernel_id": kernel.kernel_id, "location": kernel.location})
     logger.info("kernel serving Flight on %s:%s", settings.host, server.port)
     # The server serves from its own threads since it was made. Not `server.serve()`: it
     # installs handlers that shut the server down on SIGINT and SIGTERM, in place of ours.

@@ -71,7 +71,10 @@ class FakeProcess:
     def death(self, generation: int, timeout: float) -> Death | None:
         return self._death
 
-    def started(self, generation: int, execution_id: str, timeout: float) -> bool:
+    def starts(self, generation: int) -> int:
+        return 0
+
+    def started(self, generation: int, execution_id: str, since: int) -> bool:
         return True
 
     def status(self) -> KernelStatus:
