@@ -7,13 +7,20 @@ import dataclasses
 import ipaddress
 import logging
 import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from control.app import create_app
 from flight_kernel.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+ANSWER_TIME_S = 2  # after the kernels are stopped at the grace, for their answers to go out
 
 
 def _is_loopback(host: str) -> bool:
@@ -62,14 +69,41 @@ def main(argv: list[str] | None = None) -> None:
     # shutdown exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    uvicorn.run(
+    serve_app(
         create_app(settings),
         host=settings.host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends the kernels when the shutdown's grace is over: the
+    executions still running then answer `KernelDied` before uvicorn cuts their requests."""
+
+    def __init__(self, config: uvicorn.Config, stop_kernels: Callable[[], None], grace: float):
+        super().__init__(config)
+        self._stop_kernels = stop_kernels
+        self._grace = grace
+        self._timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(self._grace, self._stop_kernels)
+            self._timer.daemon = True
+            self._timer.start()
+        super().handle_exit(sig, frame)
+
+
+def serve_app(app: FastAPI, *, shutdown_grace_s: float, **options: Any) -> None:
+    """Run the app until SIGTERM or SIGINT, then shut down within the grace (plus the time
+    the last answers take to leave)."""
+    config = uvicorn.Config(
+        app, timeout_graceful_shutdown=int(shutdown_grace_s) + ANSWER_TIME_S, **options
+    )
+    _Server(config, app.state.kernels.stop, shutdown_grace_s).run()
 
 
 if __name__ == "__main__":

@@ -393,6 +393,8 @@ class LocalKernelProcess:
 
     def stop(self) -> None:
         with self._cond:
+            if self._stopping:  # stopped at the end of the shutdown grace already
+                return
             self._stopping = True
             proc, conn = self._proc, self._conn
             self._ready = False

@@ -38,7 +38,7 @@ def uvicorn_runs(monkeypatch: pytest.MonkeyPatch, process_state: None) -> list[d
     def run(app: FastAPI, **kwargs: Any) -> None:
         calls.append({"app": app, **kwargs})
 
-    monkeypatch.setattr("control.cli.uvicorn.run", run)
+    monkeypatch.setattr("control.cli.serve_app", run)
     return calls
 
 

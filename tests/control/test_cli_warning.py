@@ -30,7 +30,7 @@ def serve(
     def run(app: Any, **kwargs: Any) -> None:
         calls.append({"app": app, "warned": _warnings(caplog), **kwargs})
 
-    monkeypatch.setattr("control.cli.uvicorn.run", run)
+    monkeypatch.setattr("control.cli.serve_app", run)
     for key in ("KERNEL_HOST", "KERNEL_AUTH_TOKEN", "KERNEL_HTTP_PORT", "KERNEL_FLIGHT_PORT"):
         monkeypatch.delenv(key, raising=False)
     try:

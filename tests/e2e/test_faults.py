@@ -250,3 +250,21 @@ def test_output_written_to_file_descriptors_is_captured(service: Service) -> Non
     assert result["stdout"] == "python\nfrom a child\nfrom os.system\nstraight to fd 1\n"
     assert result["stderr"] == "straight to fd 2\n"
     assert "from a child" not in service.execute("print('next')")["stdout"]
+
+
+def test_sigterm_answers_an_execution_that_outlives_the_grace_then_exits_cleanly(
+    start_service, tmp_path: Path
+) -> None:
+    service = start_service(KERNEL_SHUTDOWN_GRACE_S="1")
+    running = Latch(tmp_path / "running")
+    code = f"{running.set_code()}\nwhile True:\n    pass\n"
+    with _threads() as pool:
+        execution = pool.submit(service.execute, code)
+        running.wait(LATCH_DEADLINE_S, "the execution to run", detail=service.log)
+
+        service.proc.send_signal(signal.SIGTERM)
+        result = execution.result(timeout=RESULT_DEADLINE_S)
+
+    assert result["success"] is False
+    assert result["error"] == "KernelDied: the service shut down during this execution"
+    assert service.stop() == 0
