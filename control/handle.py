@@ -148,9 +148,10 @@ class KernelHandle:
             running = call_json(conn, "output", timeout=QUICK_CALL_S)
         except KernelError:  # stuck or gone: nothing more to save
             running = []
-        with self._lock:
+        with self._lock:  # only for the executions this handle will answer
             for entry in running:
-                self._printed[entry["execution_id"]] = (entry["stdout"], entry["stderr"])
+                if entry["execution_id"] in self._inflight:
+                    self._printed[entry["execution_id"]] = (entry["stdout"], entry["stderr"])
         self.process.kill(generation, reason, kind, culprits)
 
     def _lost(self, generation: int, started: float, req: ExecuteRequest) -> bytes:

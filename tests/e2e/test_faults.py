@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.service import Service
-from tests.helpers import Latch, poll, post_json
+from tests.e2e.service import SERVE, Service
+from tests.helpers import Latch, free_port, poll, post_json
 
 pytestmark = pytest.mark.e2e
 
@@ -268,3 +269,21 @@ def test_sigterm_answers_an_execution_that_outlives_the_grace_then_exits_cleanly
     assert result["success"] is False
     assert result["error"] == "KernelDied: the service shut down during this execution"
     assert service.stop() == 0
+
+
+def test_a_second_service_on_the_same_flight_port_refuses_to_start_naming_it(
+    service: Service, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERNEL_")}
+    env.update(
+        KERNEL_HTTP_PORT=str(free_port()),
+        KERNEL_FLIGHT_PORT=str(service.flight_port),
+        KERNEL_START_TIMEOUT_S="60",
+    )
+    second = subprocess.run(
+        [SERVE, "serve"], env=env, capture_output=True, text=True, timeout=RESULT_DEADLINE_S
+    )
+
+    assert second.returncode != 0
+    assert f"Flight port {service.flight_port}" in second.stdout + second.stderr
+    assert service.execute("print('first still serves')")["stdout"] == "first still serves\n"
