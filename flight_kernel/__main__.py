@@ -7,11 +7,14 @@ never has to trust whatever answers on a port.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
+import socket
+import stat
 import threading
 from types import FrameType
 from typing import Any
@@ -38,6 +41,22 @@ def _announce(message: dict[str, Any]) -> None:
         return
     with os.fdopen(int(fd), "w") as pipe:
         pipe.write(json.dumps(message) + "\n")
+
+
+def _forget_kernel_sockets(port: int) -> None:
+    """In a child that user code forks: close the kernel's server sockets (the listening one
+    and its connections, all on the Flight port), so that a child outliving the kernel never
+    keeps a request hanging or the port taken."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                if sock.getsockname()[1] == port:
+                    os.close(fd)
 
 
 def _settings() -> Settings:
@@ -76,6 +95,7 @@ def main() -> None:
         reason = "Interrupted: the kernel process received SIGINT"
         kernel.executor.interrupt(InterruptRequest(), reason)
 
+    os.register_at_fork(after_in_child=lambda: _forget_kernel_sockets(server.port))
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     journal = os.environ.pop(JOURNAL_FD, None)

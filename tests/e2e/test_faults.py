@@ -287,3 +287,27 @@ def test_a_second_service_on_the_same_flight_port_refuses_to_start_naming_it(
     assert second.returncode != 0
     assert f"Flight port {service.flight_port}" in second.stdout + second.stderr
     assert service.execute("print('first still serves')")["stdout"] == "first still serves\n"
+
+
+def test_a_child_that_escaped_the_kernels_session_does_not_hang_its_death(
+    service: Service, tmp_path: Path
+) -> None:
+    child_pid = tmp_path / "child.pid"
+    escape = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()  # out of the kernel's process group: not ended with it\n"
+        f"    open({str(child_pid)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "    os._exit(0)\n"
+    )
+    assert service.execute(escape)["success"] is True
+    poll(child_pid.exists, LATCH_DEADLINE_S, "the escaped child to start")
+
+    try:
+        died = service.execute("import os\nos._exit(5)")  # must not wait for the child
+        assert died["error"].startswith("KernelDied: the kernel process exited with code 5")
+        assert service.execute("print('next')")["stdout"] == "next\n"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child_pid.read_text()), signal.SIGKILL)
