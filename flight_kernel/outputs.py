@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import tempfile
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,7 +106,10 @@ def publish(ctx: ExecutionContext, frame: Any, name: str | None) -> str:
 
 def _write(frame: Any, target: str) -> None:
     if isinstance(frame, pl.LazyFrame):
-        frame.sink_parquet(target)
+        # Through a file we opened: polars' sink can go on writing after it raised, and a
+        # writer that has only our descriptor cannot create the file again once we removed it.
+        with open(target, "wb") as file:
+            frame.sink_parquet(file)
     elif isinstance(frame, pl.DataFrame):
         frame.write_parquet(target)
     else:
@@ -115,13 +117,14 @@ def _write(frame: Any, target: str) -> None:
 
 
 def _temporary(directory: str) -> str:
-    """A file in a new private directory beside the target (its name fits whatever the
-    output's name is). Removing the directory after a failure also stops a writer that
-    carries on in the background (polars' sink can create its file after it raised)."""
-    private = tempfile.mkdtemp(prefix=".output-", suffix=".tmp", dir=directory)
-    tmp = os.path.join(private, "data" + SUFFIX)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    return tmp
+    """A new empty file beside the target; its name fits whatever the output's name is."""
+    while True:
+        tmp = os.path.join(directory, f".output-{secrets.token_hex(8)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
 
 
 def _write_parquet(output_dir: str, name: str, frame: Any) -> str:
@@ -139,10 +142,10 @@ def _write_parquet(output_dir: str, name: str, frame: Any) -> str:
         tmp = _temporary(directory)
         _write(frame, tmp)
         os.replace(tmp, target)
-        os.rmdir(os.path.dirname(tmp))
     except BaseException as exc:
         if tmp is not None:
-            shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
         if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
             raise InvalidRequest(
                 f"output name {_shown(name)} is too long for the file system of "
