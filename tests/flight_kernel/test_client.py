@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,7 +10,6 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
-import uvicorn
 from polars.testing import assert_frame_equal
 
 from control.app import create_app
@@ -22,6 +19,7 @@ from flight_kernel.results import ExecutionResult
 from flight_kernel.server import KernelFlightServer
 from flight_kernel.settings import Settings
 from tests.conftest import attached
+from tests.helpers import serving
 
 
 @pytest.fixture
@@ -31,24 +29,8 @@ def http_url(
     """The control plane served by uvicorn on a free port, in a background thread."""
     app_settings = dataclasses.replace(settings, http_port=0, flight_port=kernel_server.port)
     app = create_app(app_settings, kernels=attached(app_settings, kernel_location))
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", ws="none", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped before it started"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)  # a polling interval
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "uvicorn did not stop"
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture

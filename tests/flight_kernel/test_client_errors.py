@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pyarrow as pa
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from control.app import create_app
 from flight_kernel.client import KernelClient
@@ -27,29 +23,9 @@ from flight_kernel.server import KernelFlightServer
 from flight_kernel.settings import Settings
 from tests.conftest import attached
 from tests.control.doubles import function_kernels
-from tests.helpers import free_port, poll
+from tests.helpers import free_port, serving
 
 EVERY_CLASS = [pytest.param(cls, id=kind) for kind, cls in sorted(error_classes().items())]
-
-
-@contextlib.contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """`app` served by uvicorn on a free port in a background thread; its base URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", ws="none", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    poll(lambda: server.started or not thread.is_alive(), 10, "uvicorn to start")
-    assert thread.is_alive(), "uvicorn stopped before it started"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "uvicorn did not stop"
 
 
 def refusing(error: KernelError):
