@@ -102,5 +102,4 @@ class FdCapture:
         _libc.fflush(None)  # what C code of this process printf'd is still in stdio's buffer
         deadline = time.monotonic() + DRAIN_LIMIT_S
         for pipe in self._pipes:
-            if _pending(pipe._read) or pipe._busy.locked():
-                pipe.drain(deadline)
+            pipe.drain(deadline)  # at once when the pipe is empty and its reader idle
