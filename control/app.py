@@ -1,8 +1,10 @@
-"""`create_app(settings)`: the FastAPI control plane; its lifespan runs the kernel."""
+"""`create_app(settings)`: the FastAPI control plane; its lifespan runs the data plane (the
+service's Flight port) and the kernels, over the store."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -18,11 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from control.dataplane import DataPlane
 from control.handle import KernelHandle
 from control.processes import LocalKernelProcess
 from control.router import KernelRouter
 from control.routes import open_router, require_token, router
 from control.schemas import ErrorBody
+from control.service import Service
 from flight_kernel import __version__
 from flight_kernel.errors import (
     Conflict,
@@ -35,6 +39,7 @@ from flight_kernel.errors import (
     lookup,
 )
 from flight_kernel.settings import Settings
+from flight_kernel.store import Store, StoreFull, StoreInUse
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,8 @@ HTTP_STATUS: dict[type[KernelError], int] = {
     Unauthenticated: 401,
     KernelUnavailable: 503,
     SerializationFailed: 422,
+    StoreFull: 507,
+    StoreInUse: 409,
 }
 
 
@@ -99,25 +106,43 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
-def local_kernels(settings: Settings) -> KernelRouter:
+def local_kernels(settings: Settings, store: Store) -> KernelRouter:
     """The kernels of a service on this machine: one supervised child process."""
-    return KernelRouter(KernelHandle(LocalKernelProcess(settings), settings))
+    return KernelRouter(KernelHandle(LocalKernelProcess(settings, store), settings))
 
 
-def create_app(settings: Settings | None = None, kernels: KernelRouter | None = None) -> FastAPI:
-    """The control plane; without `kernels` it supervises its own kernel process."""
+def create_app(
+    settings: Settings | None = None,
+    kernels: KernelRouter | None = None,
+    store: Store | None = None,
+) -> FastAPI:
+    """The control plane; without `kernels` it supervises its own kernel process, and
+    without `store` it opens the one the settings name (or a private one)."""
     settings = settings or Settings.from_env()
-    router_ = kernels or local_kernels(settings)
+    owned = store is None
+    store = store or Store.for_service(settings)
+    # Kernels are told where the store is, and how much it may hold.
+    settings = dataclasses.replace(
+        settings, store_dir=store.directory, store_max_bytes=store.max_bytes
+    )
+    router_ = kernels or local_kernels(settings, store)
+    service = Service(settings, router_, store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Executions block a worker thread each: never let long ones starve the others.
         anyio.to_thread.current_default_thread_limiter().total_tokens = 512
-        await run_in_threadpool(router_.start)
+        dataplane = DataPlane(service)  # first: a taken Flight port stops start-up at once
         try:
-            yield
+            await run_in_threadpool(router_.start)
+            try:
+                yield
+            finally:
+                await run_in_threadpool(router_.stop)
         finally:
-            await run_in_threadpool(router_.stop)
+            dataplane.shutdown()
+            if owned:
+                store.close()
 
     app = FastAPI(
         title="Kernel runtime",
@@ -128,6 +153,7 @@ def create_app(settings: Settings | None = None, kernels: KernelRouter | None = 
     )
     app.state.settings = settings
     app.state.kernels = router_
+    app.state.service = service
     app.add_exception_handler(KernelError, _kernel_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

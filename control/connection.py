@@ -2,7 +2,9 @@
 
 Whatever the transport, a call returns the kernel's raw JSON answer or raises a
 `KernelError` subclass: `ConnectionLost` when the call did not reach the kernel or the
-kernel went away while answering, `DeadlineExceeded` when it did not answer in time.
+kernel went away while answering, `DeadlineExceeded` when it did not answer in time. The
+data calls (`read`, `write`, `infos`) serve the artifacts that only the kernel holds (live
+objects not persisted yet); the store serves everything else without asking a kernel.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_kernel.auth import call_options
@@ -23,6 +26,22 @@ class Connection(Protocol):
         self, action: str, body: dict[str, Any] | None = None, timeout: float | None = None
     ) -> bytes:
         """Run an action; return its raw JSON result."""
+        ...
+
+    def read(self, path: str) -> flight.FlightStreamReader:
+        """`do_get` of a path; a refusal is raised here, before the first batch."""
+        ...
+
+    def write(self, path: str, table: pa.Table) -> None:
+        """`do_put` of a whole table to a path."""
+        ...
+
+    def infos(self, prefix: str, timeout: float | None = None) -> list[flight.FlightInfo]:
+        """`list_flights` with a path prefix."""
+        ...
+
+    def info(self, path: str, timeout: float | None = None) -> flight.FlightInfo:
+        """`get_flight_info` of a path."""
         ...
 
     def close(self) -> None: ...
@@ -45,6 +64,31 @@ class KernelConnection:
         with client_errors(f"kernel action {action!r}"):
             results = list(self._client.do_action(flight.Action(action, payload), options))
         return results[0].body.to_pybytes() if results else b"null"
+
+    def _timed(self, timeout: float | None) -> flight.FlightCallOptions:
+        return self._options if timeout is None else call_options(self._token, timeout)
+
+    def read(self, path: str) -> flight.FlightStreamReader:
+        with client_errors(f"do_get {path}"):
+            reader = self._client.do_get(flight.Ticket(path.encode()), self._options)
+            reader.schema  # noqa: B018 -- waits for the answer: a refusal raises here
+        return reader
+
+    def write(self, path: str, table: pa.Table) -> None:
+        descriptor = flight.FlightDescriptor.for_path(*path.split("/"))
+        with client_errors(f"do_put {path}"):
+            writer, _ = self._client.do_put(descriptor, table.schema, self._options)
+            writer.write_table(table)
+            writer.close()
+
+    def infos(self, prefix: str, timeout: float | None = None) -> list[flight.FlightInfo]:
+        with client_errors(f"list_flights {prefix!r}"):
+            return list(self._client.list_flights(prefix.encode(), self._timed(timeout)))
+
+    def info(self, path: str, timeout: float | None = None) -> flight.FlightInfo:
+        descriptor = flight.FlightDescriptor.for_path(*path.split("/"))
+        with client_errors(f"get_flight_info {path}"):
+            return self._client.get_flight_info(descriptor, self._timed(timeout))
 
     def close(self) -> None:
         self._client.close()

@@ -16,6 +16,9 @@ import threading
 import time
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.flight as flight
+
 from control.connection import Connection, call_json
 from control.processes import Death, KernelProcess, KernelStatus
 from flight_kernel.errors import ConnectionLost, DeadlineExceeded, KernelError, KernelUnavailable
@@ -25,8 +28,6 @@ from flight_kernel.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# What a kernel's death takes with it: all of it, while the kernel holds every store.
-LOST_STATE = ("tables", "outputs", "artifacts")
 DEATH_REPORT_WAIT_S = 10.0  # how long a lost call waits for the monitor to see the death
 QUICK_CALL_S = 1.0  # deadline of calls that must not wait on a busy kernel (interrupt, output)
 HEALTH_CALL_S = 0.8  # /health answers within 1 s, busy kernel or not
@@ -44,10 +45,20 @@ def _describe(req: ExecuteRequest) -> dict[str, Any]:
     return {"execution_id": req.execution_id, "flow_id": req.flow_id, "node_id": req.node_id}
 
 
-def _restarted_between(raw: bytes) -> bytes:
+def _lost_state(lost_artifacts: list[str]) -> list[str]:
+    """The kinds of state a death took, each only when something of it existed: tables and
+    outputs are in the store, and persisted artifacts too, so only unpersisted ones go."""
+    return ["artifacts"] if lost_artifacts else []
+
+
+def _restarted_between(raw: bytes, lost_artifacts: list[str]) -> bytes:
     """An answer from a kernel that replaced the one this flow last used: say what went."""
     body = json.loads(raw)
-    body.update(kernel_restarted=True, lost_state=list(LOST_STATE))
+    body.update(
+        kernel_restarted=True,
+        lost_state=_lost_state(lost_artifacts),
+        lost_artifacts=lost_artifacts,
+    )
     return json.dumps(body).encode()
 
 
@@ -114,7 +125,9 @@ class KernelHandle:
             self._flow_generation[req.flow_id] = generation
         try:
             raw = conn.call("execute", req.model_dump(), timeout=limit)
-            return raw if heard == generation else _restarted_between(raw)
+            if heard == generation:
+                return raw
+            return _restarted_between(raw, self._lost_between(req.flow_id, heard, generation))
         except DeadlineExceeded:
             reason = (
                 f"Timeout: execution exceeded timeout_s={timeout:g} and ignored the interrupt "
@@ -154,6 +167,15 @@ class KernelHandle:
                     self._printed[entry["execution_id"]] = (entry["stdout"], entry["stderr"])
         self.process.kill(generation, reason, kind, culprits)
 
+    def _lost_between(self, flow_id: int, first: int, last: int) -> list[str]:
+        """The artifacts of a flow that died with the kernels of generations first..last-1."""
+        lost: list[str] = []
+        for generation in range(first, last):
+            death = self.process.death(generation, 0)
+            if death is not None:
+                lost += [p.name for p in death.lost_artifacts if p.flow_id == flow_id]
+        return lost
+
     def _lost(self, generation: int, started: float, req: ExecuteRequest) -> bytes:
         """The answer to an execution whose kernel died under it."""
         death = self.process.death(generation, DEATH_REPORT_WAIT_S)
@@ -164,6 +186,7 @@ class KernelHandle:
         error, kind = self._why(death, req)
         with self._lock:
             stdout, stderr = self._printed.pop(req.execution_id or "", ("", ""))
+        lost = [p.name for p in death.lost_artifacts if p.flow_id == req.flow_id]
         result = ExecutionResult.kernel_died(
             flow_id=req.flow_id,
             node_id=req.node_id,
@@ -171,7 +194,8 @@ class KernelHandle:
             error=error,
             error_kind=kind,
             execution_time_ms=(time.perf_counter() - started) * 1000,
-            lost_state=list(LOST_STATE),
+            lost_state=_lost_state(lost),
+            lost_artifacts=lost,
             exit_code=death.returncode,
             stdout=stdout,
             stderr=stderr,
@@ -182,7 +206,7 @@ class KernelHandle:
     def _why(death: Death, req: ExecuteRequest) -> tuple[str, ErrorKind]:
         """What this execution is told: the reason if it was killed for its own sake or for
         every execution's (a restart), else that it died with the kernel, and why."""
-        lost = "its in-memory state (tables, outputs, artifacts) is lost"
+        lost = "what it held in memory is lost (tables, outputs and persisted artifacts are kept)"
         if death.reason is None:
             return (
                 f"KernelDied: the kernel process {death.describe()} during this execution; it "
@@ -198,6 +222,27 @@ class KernelHandle:
             f"execution in it ({cause}); {lost}",
             ErrorKind.KERNEL_DIED,
         )
+
+    # -- data only the kernel holds -------------------------------------------------------
+
+    def read(self, path: str) -> flight.FlightStreamReader:
+        """`do_get` of an artifact the store does not hold (yet)."""
+        _, conn = self.process.connection()
+        return conn.read(path)
+
+    def write(self, path: str, table: pa.Table) -> None:
+        """`do_put` of an artifact: the kernel restores the object (that may run code)."""
+        _, conn = self.process.connection()
+        conn.write(path, table)
+
+    def infos(self, prefix: str) -> list[flight.FlightInfo]:
+        """The kernel's listing; a kernel too busy to answer at once is left out."""
+        _, conn = self.process.connection(wait=False)
+        return conn.infos(prefix, QUICK_CALL_S)
+
+    def info(self, path: str) -> flight.FlightInfo:
+        _, conn = self.process.connection()
+        return conn.info(path, QUICK_CALL_S)
 
     # -- interrupt, restart, health -------------------------------------------------------
 

@@ -33,8 +33,10 @@ from flight_kernel.errors import (
 )
 from flight_kernel.journal import StartJournal
 from flight_kernel.kernel import RESTART_EXIT_CODE
+from flight_kernel.paths import ArtifactPath
 from flight_kernel.results import ErrorKind
 from flight_kernel.settings import Settings
+from flight_kernel.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class Death:
     reason: str | None = None  # set when we killed it (timeout, ignored interrupt, restart)
     kind: ErrorKind | None = None
     culprits: frozenset[str] = frozenset()  # the executions it was killed for, if any
+    lost_artifacts: tuple[ArtifactPath, ...] = ()  # published, and not persisted before it
 
     def describe(self) -> str:
         if self.returncode == RESTART_EXIT_CODE:
@@ -208,8 +211,11 @@ def _replaced(kernel: LocalKernelProcess, generation: int) -> Callable[[], bool]
 class LocalKernelProcess:
     """Owns a kernel child process and restarts it whenever it dies."""
 
-    def __init__(self, settings: Settings, command: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, command: Sequence[str] | None = None
+    ) -> None:
         self.settings = settings
+        self.store = store
         self._command = list(command or [sys.executable, "-m", "flight_kernel"])
         self._cond = threading.Condition()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -274,6 +280,9 @@ class LocalKernelProcess:
         os.close(token_write)
         env = {k: v for k, v in os.environ.items() if k != "KERNEL_AUTH_TOKEN"}
         env.update(self.settings.to_env())
+        # Only the control process listens on the service's ports: the kernel takes a free
+        # port on loopback, which it announces, for the control process alone.
+        env.update({"KERNEL_HOST": "127.0.0.1", "KERNEL_FLIGHT_PORT": "0"})
         journal = StartJournal.create()
         env.update(
             {
@@ -321,11 +330,7 @@ class LocalKernelProcess:
     def _verify(self, proc: subprocess.Popen[bytes], fd: int, kernel_id: str) -> KernelConnection:
         """Connect to the kernel that announced itself, checking that it is the one started."""
         deadline = time.monotonic() + self.settings.start_timeout_s
-        port = self.settings.flight_port
-        try:
-            announced = _read_announcement(fd, proc, deadline)
-        except StartFailed as exc:
-            raise StartFailed(f"{exc} (Flight port {port})") from None
+        announced = _read_announcement(fd, proc, deadline)
         if "error" in announced:
             raise StartFailed(str(announced["error"]))
         if announced.get("pid") != proc.pid or announced.get("kernel_id") != kernel_id:
@@ -342,9 +347,9 @@ class LocalKernelProcess:
         if health.get("kernel_id") != kernel_id or health.get("kernel_pid") != proc.pid:
             conn.close()
             raise StartFailed(
-                f"Flight port {port} is answered by another process (pid "
+                f"{conn.location} is answered by another process (pid "
                 f"{health.get('kernel_pid')}), not by the kernel this service started "
-                f"(pid {proc.pid}): choose a free KERNEL_FLIGHT_PORT"
+                f"(pid {proc.pid})"
             )
         return conn
 
@@ -365,6 +370,10 @@ class LocalKernelProcess:
                 return
             code = proc.wait()
             _end_group(proc)  # what it started dies with it
+            # What it had not persisted is gone: the store's markers say what, and go with
+            # its half-written files, before the next kernel reads the store.
+            lost: tuple[ArtifactPath, ...] = tuple(self.store.take_lost())
+            self.store.sweep_written()
             with self._cond:
                 if self._stopping:  # executions still running hear why at once
                     self._deaths[generation] = Death(
@@ -375,7 +384,8 @@ class LocalKernelProcess:
                     self._cond.notify_all()
                     return
                 why = self._kill_reasons.pop(generation, None)
-                death = Death(code, *why) if why is not None else Death(code)
+                reason, kind, culprits = why if why is not None else (None, None, frozenset())
+                death = Death(code, reason, kind, culprits, lost)
                 self._deaths[generation] = death
                 self._ready = False
                 self._restarts += 1

@@ -44,7 +44,12 @@ class ExecuteResponse(BaseModel):
     display_outputs: list[dict[str, Any]] = []
     execution_time_ms: float
     kernel_restarted: bool = False
-    lost_state: list[str] = []
+    lost_state: list[str] = Field(
+        [], description='what a kernel death lost, from ["namespace", "artifacts"]'
+    )
+    lost_artifacts: list[str] = Field(
+        [], description="the artifacts that died with the kernel (not persisted)"
+    )
     exit_code: int | None = Field(None, description="the dead kernel's exit code or -signal")
 
 
@@ -61,6 +66,7 @@ class ArtifactRecord(BaseModel):
     size_bytes: int
     created_at: str
     ticket: str
+    persisted: bool = Field(description="kept in the store: it survives its kernel")
 
 
 class ClearResponse(BaseModel):

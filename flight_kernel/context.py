@@ -24,7 +24,7 @@ from flight_kernel.results import ErrorKind, LogRecord
 if TYPE_CHECKING:
     from flight_kernel.artifacts import ArtifactStore
     from flight_kernel.inputs import InputReader
-    from flight_kernel.tablestore import TableStore
+    from flight_kernel.store import Store
 
 
 class CappedBuffer:
@@ -74,7 +74,7 @@ class ExecutionContext:
     node_id: str | int
     input_paths: dict[str, list[str]]
     output_dir: str
-    tables: TableStore
+    store: Store
     artifacts: ArtifactStore
     reader: InputReader
     stdout: CappedBuffer

@@ -36,7 +36,7 @@ from flight_kernel.context import (
 from flight_kernel.inputs import InputReader
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
 from flight_kernel.results import ErrorKind, ExecutionResult, LogRecord
-from flight_kernel.tablestore import TableStore
+from flight_kernel.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +132,14 @@ class Executor:
 
     def __init__(
         self,
-        tables: TableStore,
+        store: Store,
         artifacts: ArtifactStore,
         reader: InputReader,
         *,
         max_stream_bytes: int = 1024 * 1024,
         default_timeout_s: float | None = None,
     ) -> None:
-        self._tables = tables
+        self._store = store
         self._artifacts = artifacts
         self._reader = reader
         self._max_stream_bytes = max_stream_bytes
@@ -159,7 +159,7 @@ class Executor:
             node_id=req.node_id,
             input_paths=req.input_paths,
             output_dir=req.output_dir,
-            tables=self._tables,
+            store=self._store,
             artifacts=self._artifacts,
             reader=self._reader,
             stdout=CappedBuffer(self._max_stream_bytes),

@@ -25,10 +25,11 @@ from flight_kernel.serialization import (
     as_arrow_table,
     is_table_like,
 )
+from flight_kernel.tables import for_polars
 
 if TYPE_CHECKING:
     from flight_kernel.artifacts import ArtifactStore
-    from flight_kernel.tablestore import TableStore
+    from flight_kernel.store import Store
 
 IPC_SUFFIXES = (".arrow", ".ipc", ".feather")
 
@@ -44,9 +45,9 @@ class InputReader:
     """Resolves input entries against this kernel's store or other Flight servers."""
 
     def __init__(
-        self, tables: TableStore, artifacts: ArtifactStore, auth_token: str | None = None
+        self, store: Store, artifacts: ArtifactStore, auth_token: str | None = None
     ) -> None:
-        self._tables = tables
+        self._store = store
         self._artifacts = artifacts
         self._auth_token = auth_token
 
@@ -73,7 +74,7 @@ class InputReader:
                 if not is_table_like(obj):
                     raise TypeError(f"artifact {path} is a {type(obj).__name__}, not a table")
                 return lazy_from_arrow(as_arrow_table(obj))
-            return lazy_from_arrow(self._tables.get(path).for_polars())
+            return lazy_from_arrow(for_polars(self._store.get(path)))
         table = self.fetch_remote(uri)
         meta = table.schema.metadata or {}
         if meta.get(SERIALIZER_KEY) == PICKLE:  # the same answer as a local read gives

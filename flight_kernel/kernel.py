@@ -1,7 +1,10 @@
-"""`Kernel`: the rules of one kernel over its stores and executor, free of any transport.
+"""`Kernel`: the rules of one kernel over the store, its artifacts and its executor, free
+of any transport.
 
 It decides what a re-execution clears, who may write which path and what a listing
-says; it returns dataclasses, and the Flight server and actions only shape them.
+says; it returns dataclasses, and the Flight server and actions only shape them. Tables
+and outputs live in the store, shared with the service and every other kernel; artifacts
+live here and are persisted into the store behind the execute path.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from flight_kernel.serialization import (
     to_arrow,
 )
 from flight_kernel.settings import Settings
+from flight_kernel.store import Store, StoredPath, TableInfo
 from flight_kernel.tables import bounded
-from flight_kernel.tablestore import MemoryTableStore, TableInfo, TableStore, info_of
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +62,6 @@ class KernelHealth:
     kernel_id: str
     kernel_pid: int
     artifact_count: int
-    table_count: int
-    output_count: int
     running: tuple[RunningExecution, ...]
     uptime_s: float
     flight_location: str
@@ -81,15 +82,18 @@ class Kernel:
     """One kernel: tables, outputs and artifacts, and the code that runs over them."""
 
     settings: Settings = field(default_factory=Settings)
-    tables: TableStore = field(default_factory=MemoryTableStore)
-    artifacts: ArtifactStore = field(default_factory=ArtifactStore)
+    store: Store = None  # type: ignore[assignment]  # default: `Store.attach(settings)`
     kernel_id: str = ""
     location: str = ""  # where its Flight server listens, once it does
 
     def __post_init__(self) -> None:
-        reader = InputReader(self.tables, self.artifacts, self.settings.auth_token)
+        if self.store is None:
+            self.store = Store.attach(self.settings)
+        self.artifacts = ArtifactStore(self.store)
+        self.artifacts.recover()  # what an earlier kernel persisted is known again
+        reader = InputReader(self.store, self.artifacts, self.settings.auth_token)
         self.executor = Executor(
-            self.tables,
+            self.store,
             self.artifacts,
             reader,
             max_stream_bytes=self.settings.max_stream_bytes,
@@ -102,7 +106,7 @@ class Kernel:
     def execute(self, req: ExecuteRequest) -> ExecutionResult:
         """Run code; a node's re-execution first drops what it published before."""
         self.artifacts.clear_nodes([req.node_id], req.flow_id)
-        for path in self.tables.list(f"outputs/{req.flow_id}/{req.node_id}/"):
+        for path in self.store.paths(f"outputs/{req.flow_id}/{req.node_id}/"):
             self._delete_quietly(path)
         return self.executor.run(req)
 
@@ -120,8 +124,6 @@ class Kernel:
             kernel_id=self.kernel_id,
             kernel_pid=os.getpid(),
             artifact_count=self.artifacts.count(),
-            table_count=len(self.tables.list("tables/")),
-            output_count=len(self.tables.list("outputs/")),
             running=tuple(self.executor.running()),
             uptime_s=round(time.monotonic() - self._started, 3),
             flight_location=self.location,
@@ -137,8 +139,8 @@ class Kernel:
     def clear(self, flow_id: int | None = None) -> Cleared:
         """Drop everything, or one flow's artifacts and outputs."""
         arts = self.artifacts.clear(flow_id)
-        outputs = self.tables.list("outputs/" if flow_id is None else f"outputs/{flow_id}/")
-        tables = self.tables.list("tables/") if flow_id is None else []
+        outputs = self.store.paths("outputs/" if flow_id is None else f"outputs/{flow_id}/")
+        tables = self.store.paths("tables/") if flow_id is None else []
         for path in [*outputs, *tables]:
             self._delete_quietly(path)
         return Cleared(
@@ -151,9 +153,9 @@ class Kernel:
         gone = self.artifacts.clear_nodes(node_ids, flow_id)
         return Cleared(artifacts=tuple((a.flow_id, a.name) for a in gone))
 
-    def _delete_quietly(self, path: TablePath | OutputPath) -> None:
+    def _delete_quietly(self, path: StoredPath) -> None:
         with contextlib.suppress(NotFound):  # deleted meanwhile
-            self.tables.delete(path)
+            self.store.delete(path)
 
     # -- the data plane --------------------------------------------------------------------
 
@@ -165,7 +167,7 @@ class Kernel:
                 "to tables/<name> or artifacts/<flow_id>/<name>"
             )
         if isinstance(path, TablePath):
-            self.tables.put(path, reader)
+            self.store.put(path, reader)
         else:
             obj = from_arrow(reader.read_all())
             self.artifacts.publish(path.flow_id, None, path.name, obj, replace=True)
@@ -180,7 +182,7 @@ class Kernel:
         """What `do_get` streams: the table at a path, or an artifact in its Arrow form."""
         if isinstance(path, ArtifactPath):
             return bounded(to_arrow(self._artifact(path), str(path)))
-        return self.tables.get(path).client()
+        return self.store.get(path)
 
     def info(self, path: FlightPath) -> TableInfo:
         """Schema, rows and bytes at a path, without evaluating anything."""
@@ -194,11 +196,11 @@ class Kernel:
                 raise InvalidRequest(
                     f"the schema of artifact {path} cannot be had: {type(exc).__name__}: {exc}"
                 ) from None
-        return info_of(self.tables.get(path))
+        return self.store.info(path)
 
     def entries(self, prefix: str = "") -> Iterator[FlightEntry]:
         """Every Flight whose path starts with `prefix`; one that fails is logged and left out."""
-        paths: list[FlightPath] = [*self.tables.list(prefix)]
+        paths: list[FlightPath] = [*self.store.paths(prefix)]
         paths += [a.path for a in self.artifacts.find() if str(a.path).startswith(prefix)]
         for path in paths:
             try:
@@ -213,4 +215,4 @@ class Kernel:
         if isinstance(path, ArtifactPath):
             self.artifacts.delete(path.flow_id, path.name)
         else:
-            self.tables.delete(path)
+            self.store.delete(path)

@@ -93,10 +93,8 @@ def publish(ctx: ExecutionContext, frame: Any, name: str | None) -> str:
     with _claim(ctx, name) as claimed:
         if not to_files:
             path = OutputPath(ctx.flow_id, check_segment(ctx.node_key, "node_id"), claimed)
-            table = as_arrow_table(frame, views=True)
-            ctx.tables.put(
-                path, pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
-            )
+            table = as_arrow_table(frame)
+            ctx.store.put(path, pa.RecordBatchReader.from_batches(table.schema, table.to_batches()))
             where = local_uri(path)
         else:
             where = _write_parquet(ctx.output_dir, claimed, frame)

@@ -55,6 +55,7 @@ class ExecutionResult:
     execution_time_ms: float = 0.0
     kernel_restarted: bool = False
     lost_state: list[str] = field(default_factory=list)
+    lost_artifacts: list[str] = field(default_factory=list)
     exit_code: int | None = None
 
     @classmethod
@@ -68,6 +69,7 @@ class ExecutionResult:
         error_kind: ErrorKind = ErrorKind.KERNEL_DIED,
         execution_time_ms: float,
         lost_state: list[str],
+        lost_artifacts: list[str],
         exit_code: int | None,
         stdout: str = "",
         stderr: str = "",
@@ -85,6 +87,7 @@ class ExecutionResult:
             execution_time_ms=round(execution_time_ms, 3),
             kernel_restarted=True,
             lost_state=lost_state,
+            lost_artifacts=lost_artifacts,
             exit_code=exit_code,
         )
 
@@ -115,4 +118,5 @@ _LISTS = (
     "deleted_artifacts",
     "display_outputs",
     "lost_state",
+    "lost_artifacts",
 )

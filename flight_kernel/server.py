@@ -20,14 +20,14 @@ from flight_kernel.errors import InvalidRequest
 from flight_kernel.flight_errors import server_errors
 from flight_kernel.kernel import Kernel
 from flight_kernel.paths import FlightPath, parse_descriptor_path, parse_ticket
-from flight_kernel.tablestore import TableInfo
+from flight_kernel.store import TableInfo
 
 logger = logging.getLogger(__name__)
 
 REUSE_CONNECTION = "arrow-flight-reuse-connection://?"
 
 
-def _descriptor_path(descriptor: flight.FlightDescriptor) -> FlightPath:
+def descriptor_path(descriptor: flight.FlightDescriptor) -> FlightPath:
     if descriptor.descriptor_type != flight.DescriptorType.PATH:
         raise InvalidRequest(
             "only path descriptors are supported (tables/<name>, artifacts/<flow_id>/<name>, ...)"
@@ -35,7 +35,7 @@ def _descriptor_path(descriptor: flight.FlightDescriptor) -> FlightPath:
     return parse_descriptor_path(list(descriptor.path or []))
 
 
-def _finished_only(
+def finished_only(
     reader: flight.MetadataRecordBatchReader, context: Any, path: FlightPath
 ) -> pa.RecordBatchReader:
     """The uploaded batches, as they arrive; a stream the client broke off (it died, or
@@ -88,14 +88,14 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: Any,
     ) -> None:
         with server_errors("do_put"):
-            path = _descriptor_path(descriptor)
-            self.kernel.put(path, _finished_only(reader, context, path))
+            path = descriptor_path(descriptor)
+            self.kernel.put(path, finished_only(reader, context, path))
 
     def get_flight_info(
         self, context: Any, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         with server_errors("get_flight_info"):
-            path = _descriptor_path(descriptor)
+            path = descriptor_path(descriptor)
             return self._info(path, self.kernel.info(path))
 
     def list_flights(self, context: Any, criteria: bytes) -> Iterator[flight.FlightInfo]:

@@ -76,6 +76,8 @@ class Settings:
     start_timeout_s: float = 60.0
     shutdown_grace_s: float = 10.0
     health_timeout_s: float = 60.0
+    store_dir: str | None = None  # None: a private directory, removed at shutdown
+    store_max_bytes: int | None = None  # None: 80% of the file system's free space at start
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -107,6 +109,10 @@ class Settings:
             health_timeout_s=_read(
                 e, "KERNEL_HEALTH_TIMEOUT_S", _positive, d.health_timeout_s, "positive number"
             ),
+            store_dir=_text(e, "KERNEL_STORE_DIR"),
+            store_max_bytes=_read(
+                e, "KERNEL_STORE_MAX_BYTES", _size, d.store_max_bytes, "positive integer"
+            ),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -124,6 +130,10 @@ class Settings:
             env["KERNEL_EXEC_TIMEOUT_S"] = str(self.exec_timeout_s)
         if self.advertise_location:
             env["KERNEL_ADVERTISE_LOCATION"] = self.advertise_location
+        if self.store_dir is not None:
+            env["KERNEL_STORE_DIR"] = self.store_dir
+        if self.store_max_bytes is not None:
+            env["KERNEL_STORE_MAX_BYTES"] = str(self.store_max_bytes)
         return env
 
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,8 +28,9 @@ def attached(settings: Settings, location: str) -> KernelRouter:
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings(flight_port=0)
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Both planes on free ports, over a store of the test's own (beside `tmp_path`)."""
+    return Settings(flight_port=0, store_dir=str(tmp_path_factory.mktemp("store")))
 
 
 @pytest.fixture
@@ -54,8 +54,7 @@ def flight_client(kernel_location: str) -> Iterator[flight.FlightClient]:
 def client(
     settings: Settings, kernel_server: KernelFlightServer, kernel_location: str
 ) -> Iterator[TestClient]:
-    app_settings = dataclasses.replace(settings, flight_port=kernel_server.port)
-    app = create_app(app_settings, kernels=attached(app_settings, kernel_location))
+    app = create_app(settings, kernels=attached(settings, kernel_location))
     with TestClient(app) as test_client:
         yield test_client
 

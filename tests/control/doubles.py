@@ -6,9 +6,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.flight as flight
+
 from control.handle import KernelHandle
 from control.processes import AttachedKernel
 from control.router import KernelRouter
+from flight_kernel.errors import NotFound
 from flight_kernel.settings import Settings
 
 Handler = Callable[[str, dict[str, Any]], Any]
@@ -26,6 +30,18 @@ class FunctionConnection:
     ) -> bytes:
         self.calls.append((action, body or {}))
         return json.dumps(self.handler(action, body or {})).encode()
+
+    def read(self, path: str) -> flight.FlightStreamReader:
+        raise NotFound(f"nothing stored at {path} (a function kernel holds no data)")
+
+    def write(self, path: str, table: pa.Table) -> None:
+        raise NotFound(f"nothing stored at {path} (a function kernel holds no data)")
+
+    def infos(self, prefix: str, timeout: float | None = None) -> list[flight.FlightInfo]:
+        return []
+
+    def info(self, path: str, timeout: float | None = None) -> flight.FlightInfo:
+        raise NotFound(f"nothing stored at {path} (a function kernel holds no data)")
 
     def close(self) -> None:
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 from collections.abc import Iterator
@@ -49,7 +50,11 @@ def test_the_module_app_is_one_object():
 def test_the_module_app_is_built_from_the_environment_without_starting_its_kernel():
     app = control.app.app
     assert isinstance(app, FastAPI)
-    assert app.state.settings == Settings.from_env()
+    # the settings of the environment, and the store opened for them
+    store = app.state.service.store
+    assert app.state.settings == dataclasses.replace(
+        Settings.from_env(), store_dir=store.directory, store_max_bytes=store.max_bytes
+    )
     (handle,) = app.state.kernels.all()
     assert handle.status().pid is None  # the lifespan (which starts it) has not run
 

@@ -24,6 +24,7 @@ from flight_kernel.errors import ConnectionLost, KernelUnavailable
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
 from flight_kernel.results import ErrorKind
 from flight_kernel.settings import Settings
+from flight_kernel.store import Store
 from tests.helpers import free_port, poll
 
 Action = Callable[[dict[str, Any]], Any]
@@ -210,7 +211,8 @@ ANNOUNCER = textwrap.dedent(
 
 
 def _start(command: list[str], **settings: Any) -> StartFailed:
-    process = LocalKernelProcess(Settings(flight_port=0, **settings), command=command)
+    store = Store.private()
+    process = LocalKernelProcess(Settings(flight_port=0, **settings), store, command=command)
     with pytest.raises(StartFailed) as failure:
         process.start()
     process.stop()

@@ -150,3 +150,17 @@ if _kernel and os.path.exists(os.path.join(_here, "closed")):
     def open(self) -> None:
         """Let the held kernel (and any later one) go on starting."""
         self.opened.set()
+
+
+def wait_persisted(service: Service, name: str, flow_id: int | None = None) -> dict[str, Any]:
+    """The record of artifact `name` once the store holds it (persisting is in the background)."""
+
+    def persisted() -> dict[str, Any] | None:
+        params = {} if flow_id is None else {"flow_id": flow_id}
+        for record in service.http.get("/artifacts", params=params).json():
+            if record["name"] == name and record["persisted"]:
+                return dict(record)
+        return None
+
+    found: dict[str, Any] = poll(persisted, START_DEADLINE_S, f"artifact {name!r} to be persisted")
+    return found

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.service import SERVE, Service
+from tests.e2e.service import SERVE, Service, wait_persisted
 from tests.helpers import Latch, free_port, poll, post_json
 
 pytestmark = pytest.mark.e2e
@@ -178,6 +178,7 @@ def test_restart_ends_running_executions_and_starts_a_new_kernel(
     old_pid = service.healthy()["kernel_pid"]
     running = Latch(tmp_path / "running")
     service.execute("flowfile.publish_artifact('kept', 1)", flow_id=1, node_id="a")
+    wait_persisted(service, "kept")
     code = f"{running.set_code()}\nwhile True:\n    pass\n"
     with _threads() as pool:
         execution = pool.submit(service.execute, code, flow_id=1, node_id="b")
@@ -191,7 +192,9 @@ def test_restart_ends_running_executions_and_starts_a_new_kernel(
     assert service.healthy()["kernel_pid"] == restarted["pid"]
     assert result["error"].startswith("KernelDied: the kernel was restarted during")
     assert "restart was requested" in result["error"]
-    assert service.http.get("/artifacts").json() == []
+    assert result["lost_state"] == []  # the artifact was persisted: the store keeps it
+    [kept] = service.http.get("/artifacts").json()
+    assert (kept["name"], kept["persisted"]) == ("kept", True)
 
 
 def test_a_kernel_that_cannot_answer_health_is_restarted(service: Service) -> None:
@@ -220,7 +223,8 @@ def test_a_kernel_that_cannot_answer_health_is_restarted(service: Service) -> No
 def test_a_flows_first_answer_after_its_kernel_died_between_requests_says_so(
     service: Service,
 ) -> None:
-    assert service.execute("flowfile.publish_artifact('a', 1)", flow_id=5)["success"] is True
+    code = "import threading\nflowfile.publish_artifact('live', threading.Lock())"
+    assert service.execute(code, flow_id=5)["success"] is True
     os.kill(service.healthy()["kernel_pid"], signal.SIGKILL)
 
     first = service.execute("print('after')", flow_id=5)
@@ -229,7 +233,7 @@ def test_a_flows_first_answer_after_its_kernel_died_between_requests_says_so(
 
     assert first["success"] is True
     assert first["kernel_restarted"] is True
-    assert "artifacts" in first["lost_state"]
+    assert (first["lost_state"], first["lost_artifacts"]) == (["artifacts"], ["live"])
     assert second["kernel_restarted"] is False
     assert other["kernel_restarted"] is False  # it never had anything to lose
 

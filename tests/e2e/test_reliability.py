@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from tests.e2e.service import START_DEADLINE_S, KernelStartGate, Service
+from tests.e2e.service import START_DEADLINE_S, KernelStartGate, Service, wait_persisted
 from tests.helpers import Latch, flight_action, poll, post_json
 
 pytestmark = pytest.mark.e2e
@@ -78,10 +78,17 @@ def _timed_out_past(
     ],
 )
 def test_kernel_death_is_answered_and_survived(service: Service, code: str, how: str) -> None:
-    kept = service.execute("flowfile.publish_artifact('a', 1)", node_id="keep", flow_id=1)
+    kept = service.execute(
+        "import threading\n"
+        "flowfile.publish_artifact('a', 1)\n"
+        "flowfile.publish_artifact('live', threading.Lock())",  # cannot be pickled
+        node_id="keep",
+        flow_id=1,
+    )
     assert kept["success"], kept
+    wait_persisted(service, "a")
     before = service.healthy()
-    assert before["artifact_count"] == 1
+    assert before["artifact_count"] == 2
 
     result = service.execute(code, flow_id=1)
 
@@ -89,12 +96,14 @@ def test_kernel_death_is_answered_and_survived(service: Service, code: str, how:
     assert result["kernel_restarted"] is True
     assert result["error"].startswith("KernelDied: ")
     assert how in result["error"]
-    assert set(result["lost_state"]) >= {"artifacts"}
+    assert result["lost_state"] == ["artifacts"]
+    assert result["lost_artifacts"] == ["live"]  # the persisted one is kept
     after = service.healthy()
     assert after["restarts"] == before["restarts"] + 1
     assert after["kernel_pid"] != before["kernel_pid"]
-    assert after["artifact_count"] == 0  # died with the kernel, as the response said
-    assert service.execute("print(6 * 7)")["stdout"] == "42\n"
+    assert after["artifact_count"] == 1
+    again = service.execute("print(flowfile.read_artifact('a') * 42)", flow_id=1)
+    assert again["stdout"] == "42\n", again
 
 
 def test_kernel_death_between_requests_is_survived(service: Service) -> None:

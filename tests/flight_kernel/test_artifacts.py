@@ -7,11 +7,12 @@ import pytest
 
 from flight_kernel.artifacts import ArtifactRecord, ArtifactStore
 from flight_kernel.errors import Conflict, NotFound
+from flight_kernel.store import Store
 
 
 @pytest.fixture
-def artifacts() -> ArtifactStore:
-    return ArtifactStore()
+def artifacts(tmp_path) -> ArtifactStore:
+    return ArtifactStore(Store(str(tmp_path / "store")))
 
 
 def _names(found) -> list[str]:
@@ -87,6 +88,7 @@ def test_artifact_record_to_json_holds_every_field(artifacts):
         "module": "numpy",
         "size_bytes": 8000,
         "created_at": record.created_at,
+        "persisted": False,
         "ticket": "artifacts/3/arr",
     }
 

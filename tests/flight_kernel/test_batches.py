@@ -11,8 +11,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from flight_kernel import tables
+from flight_kernel.paths import OutputPath, TablePath
 from flight_kernel.serialization import TYPE_KEY, as_arrow_table, from_arrow, to_arrow
-from flight_kernel.tables import StoredTable
+from flight_kernel.store import Store
 
 MiB = 1 << 20
 MAX_ROWS = 1 << 20  # SPEC §4: at most 2^20 rows and 64 MiB a batch
@@ -103,25 +104,46 @@ def test_an_artifact_in_its_arrow_form_is_bounded_and_still_restores() -> None:
 # -- through the store ----------------------------------------------------------------
 
 
-def test_an_uploaded_table_of_one_huge_batch_is_served_in_bounded_batches() -> None:
+@pytest.fixture
+def store(tmp_path: Any) -> Store:
+    return Store(str(tmp_path))
+
+
+def _upload(store: Store, table: pa.Table) -> pa.Table:
+    """Put as `do_put` does, and get back as `do_get` serves it."""
+    path = TablePath("t")
+    store.put(path, pa.RecordBatchReader.from_batches(table.schema, table.to_batches()))
+    return store.get(path)
+
+
+def _output(store: Store, table: pa.Table) -> pa.Table:
+    """Publish as `publish_output` does, and get back as `do_get` serves it."""
+    path = OutputPath(1, "n", "o")
+    store.put(path, pa.RecordBatchReader.from_batches(table.schema, table.to_batches()))
+    return store.get(path)
+
+
+def test_an_uploaded_table_of_one_huge_batch_is_served_in_bounded_batches(store: Store) -> None:
     table = _wide_numeric()
-    served = StoredTable.upload(table).client()
+    served = _upload(store, table)
     _assert_bounded(served)
     assert served.equals(table)
 
 
-def test_an_output_of_one_huge_batch_is_served_in_bounded_batches() -> None:
+def test_an_output_of_one_huge_batch_is_served_in_bounded_batches(store: Store) -> None:
     table = _wide_numeric()
-    served = StoredTable.output(table).client()
+    served = _output(store, table)
     _assert_bounded(served)
     assert served.equals(table)
 
 
-def test_an_output_whose_strings_grow_when_cast_for_clients_is_still_bounded() -> None:
+def test_an_output_whose_strings_grow_when_cast_for_clients_is_still_bounded(
+    store: Store,
+) -> None:
     frame = pl.repeat("s" * 200, 500_000, eager=True).to_frame("s")  # views share one string
     views = as_arrow_table(frame, views=True)
     assert views.nbytes < MAX_BYTES < frame.to_arrow().nbytes
-    served = StoredTable.output(views).client()
+    served = _output(store, views)
     _assert_bounded(served)
     assert served.schema.field("s").type == pa.large_string()
     assert_frame_equal(pl.DataFrame(pl.from_arrow(served)), frame)
@@ -154,11 +176,11 @@ def _nested_frame() -> pl.DataFrame:
     )
 
 
-def test_an_output_from_polars_reaches_clients_without_views_at_any_depth() -> None:
+def test_an_output_from_polars_reaches_clients_without_views_at_any_depth(store: Store) -> None:
     frame = _nested_frame()
     published = as_arrow_table(frame, views=True)
     assert _view_types(published.schema.field("tags").type)  # polars does publish views
-    served = StoredTable.output(published).client()
+    served = _output(store, published)
     assert {f.name: _view_types(f.type) for f in served.schema} == {n: [] for n in frame.columns}
     assert served.schema.field("tags").type == pa.large_list(pa.large_string())
     assert served.schema.field("point").type.field("name").type == pa.large_string()
@@ -186,18 +208,19 @@ def _uploaded() -> pa.Table:
     )
 
 
-def test_an_upload_is_read_by_polars_as_views_at_any_depth_and_served_back_unchanged() -> None:
+def test_an_upload_is_read_by_polars_as_views_at_any_depth_and_served_back_unchanged(
+    store: Store,
+) -> None:
     table = _uploaded()
-    stored = StoredTable.upload(table)
-    polars_form = stored.for_polars().schema
+    served = _upload(store, table)
+    polars_form = tables.for_polars(served).schema
     assert polars_form.field("tags").type == pa.list_(pa.string_view())
     assert polars_form.field("point").type.field("name").type == pa.string_view()
     assert polars_form.field("attrs").type == pa.map_(pa.string_view(), pa.string_view())
     assert polars_form.field("pair").type == pa.list_(pa.string_view(), 2)
     assert polars_form.field("blob").type == pa.binary_view()
     assert polars_form.field("n").type == pa.int64()
-    assert stored.for_polars().cast(table.schema).equals(table)
-    served = stored.client()
+    assert tables.for_polars(served).cast(table.schema).equals(table)
     assert served.schema.equals(table.schema)
     assert served.equals(table)
 

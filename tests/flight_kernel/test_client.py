@@ -23,20 +23,17 @@ from tests.helpers import serving
 
 
 @pytest.fixture
-def http_url(
+def kc(
     settings: Settings, kernel_server: KernelFlightServer, kernel_location: str
-) -> Iterator[str]:
-    """The control plane served by uvicorn on a free port, in a background thread."""
-    app_settings = dataclasses.replace(settings, http_port=0, flight_port=kernel_server.port)
+) -> Iterator[KernelClient]:
+    """A client of the service: uvicorn on a free port in a background thread, its data
+    plane on another, attached to an in-process kernel."""
+    app_settings = dataclasses.replace(settings, http_port=0)
     app = create_app(app_settings, kernels=attached(app_settings, kernel_location))
     with serving(app) as url:
-        yield url
-
-
-@pytest.fixture
-def kc(http_url: str, kernel_location: str) -> Iterator[KernelClient]:
-    with KernelClient(http_url, kernel_location, timeout=30) as client:
-        yield client
+        flight_url = app.state.service.flight_location
+        with KernelClient(url, flight_url, timeout=30) as client:
+            yield client
 
 
 SALES = pl.DataFrame(

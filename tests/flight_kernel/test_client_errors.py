@@ -42,10 +42,12 @@ def kc(
     settings: Settings, kernel_server: KernelFlightServer, kernel_location: str
 ) -> Iterator[KernelClient]:
     """A client of the real app over an in-process kernel."""
-    app_settings = dataclasses.replace(settings, http_port=0, flight_port=kernel_server.port)
+    app_settings = dataclasses.replace(settings, http_port=0)
     app = create_app(app_settings, kernels=attached(app_settings, kernel_location))
-    with serving(app) as http_url, KernelClient(http_url, kernel_location, timeout=30) as client:
-        yield client
+    with serving(app) as http_url:
+        flight_url = app.state.service.flight_location
+        with KernelClient(http_url, flight_url, timeout=30) as client:
+            yield client
 
 
 @pytest.fixture

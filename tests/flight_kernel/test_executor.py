@@ -373,8 +373,8 @@ def test_reexecution_clears_the_nodes_previous_flight_outputs(kernel):
     )
 
     assert result["output_paths"] == ["flight:///outputs/1/n1/output_0"]
-    assert [str(p) for p in kernel.tables.list("outputs/")] == ["outputs/1/n1/output_0"]
-    assert kernel.tables.get(OutputPath(1, "n1", "output_0")).client().to_pydict() == {"x": [3]}
+    assert [str(p) for p in kernel.store.paths("outputs/")] == ["outputs/1/n1/output_0"]
+    assert kernel.store.get(OutputPath(1, "n1", "output_0")).to_pydict() == {"x": [3]}
 
 
 def test_partial_failure_keeps_what_was_published(kernel):
@@ -393,7 +393,7 @@ def test_partial_failure_keeps_what_was_published(kernel):
     assert result["published_artifacts"] == ["kept"]
     assert result["output_paths"] == ["flight:///outputs/1/n1/output_0"]
     assert kernel.artifacts.get(1, "kept").obj == {"k": 1}
-    assert kernel.tables.get(OutputPath(1, "n1", "output_0")).client().num_rows == 2
+    assert kernel.store.get(OutputPath(1, "n1", "output_0")).num_rows == 2
 
 
 def test_user_code_runs_as_main_with_flowfile_injected(kernel):

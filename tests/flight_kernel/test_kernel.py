@@ -14,13 +14,14 @@ from flight_kernel.kernel import Cleared, Kernel
 from flight_kernel.paths import ArtifactPath, FlightPath, OutputPath, TablePath
 from flight_kernel.requests import ExecuteRequest
 from flight_kernel.serialization import pickle_schema
-from flight_kernel.tablestore import TableInfo
-from tests.flight_kernel.test_tablestore import put_table
+from flight_kernel.settings import Settings
+from flight_kernel.store import TableInfo
+from tests.flight_kernel.test_store import put_table
 
 
 @pytest.fixture
-def kernel() -> Kernel:
-    return Kernel()
+def kernel(tmp_path) -> Kernel:
+    return Kernel(Settings(store_dir=str(tmp_path / "store")))
 
 
 def _paths(kernel: Kernel, prefix: str = "") -> list[str]:
@@ -31,15 +32,15 @@ def _counts(kernel: Kernel) -> dict[str, int]:
     health = kernel.health()
     return {
         "artifact_count": health.artifact_count,
-        "table_count": health.table_count,
-        "output_count": health.output_count,
+        "table_count": kernel.store.count("tables"),
+        "output_count": kernel.store.count("outputs"),
     }
 
 
 def _fill(kernel: Kernel) -> None:
     """A table, an output of flow 1 and artifacts of flows 1 and 2."""
-    put_table(kernel.tables, TablePath("t"), pa.table({"x": [1]}))
-    put_table(kernel.tables, OutputPath(1, "n", "o"), pa.table({"x": [1]}))
+    put_table(kernel.store, TablePath("t"), pa.table({"x": [1]}))
+    put_table(kernel.store, OutputPath(1, "n", "o"), pa.table({"x": [1]}))
     kernel.artifacts.publish(1, "n", "a", 1)
     kernel.artifacts.publish(2, "n", "b", 2)
 
@@ -61,9 +62,9 @@ def test_clear_everything(kernel):
 
 
 def test_clear_one_flow_keeps_other_flows_and_tables(kernel):
-    put_table(kernel.tables, TablePath("t"), pa.table({"x": [1]}))
-    put_table(kernel.tables, OutputPath(1, "n", "o"), pa.table({"x": [1]}))
-    put_table(kernel.tables, OutputPath(2, "n", "o"), pa.table({"x": [2]}))
+    put_table(kernel.store, TablePath("t"), pa.table({"x": [1]}))
+    put_table(kernel.store, OutputPath(1, "n", "o"), pa.table({"x": [1]}))
+    put_table(kernel.store, OutputPath(2, "n", "o"), pa.table({"x": [2]}))
     kernel.artifacts.publish(1, "n", "a", 1)
     kernel.artifacts.publish(2, "n", "b", 2)
 
@@ -74,8 +75,8 @@ def test_clear_one_flow_keeps_other_flows_and_tables(kernel):
 
 
 def test_clear_one_flow_leaves_flows_whose_id_it_prefixes(kernel):
-    put_table(kernel.tables, OutputPath(1, "n", "o"), pa.table({"x": [1]}))
-    put_table(kernel.tables, OutputPath(12, "n", "o"), pa.table({"x": [1]}))
+    put_table(kernel.store, OutputPath(1, "n", "o"), pa.table({"x": [1]}))
+    put_table(kernel.store, OutputPath(12, "n", "o"), pa.table({"x": [1]}))
 
     cleared = kernel.clear(flow_id=1)
 
@@ -106,7 +107,7 @@ def test_reexecution_drops_only_that_nodes_outputs_and_artifacts(kernel):
             OutputPath(2, "a", "output_0"),
         ]
     ):
-        put_table(kernel.tables, path, pa.table({"x": [i]}))
+        put_table(kernel.store, path, pa.table({"x": [i]}))
     kernel.artifacts.publish(1, "a", "mine", 1)
     kernel.artifacts.publish(1, "b", "theirs", 2)
     kernel.artifacts.publish(2, "a", "other_flow", 3)
@@ -134,8 +135,8 @@ def test_reexecution_drops_only_that_nodes_outputs_and_artifacts(kernel):
     ],
 )
 def test_delete_removes_what_is_at_a_path(kernel, path: FlightPath):
-    put_table(kernel.tables, TablePath("t"), pa.table({"x": [1]}))
-    put_table(kernel.tables, OutputPath(1, "n", "o"), pa.table({"x": [1]}))
+    put_table(kernel.store, TablePath("t"), pa.table({"x": [1]}))
+    put_table(kernel.store, OutputPath(1, "n", "o"), pa.table({"x": [1]}))
     kernel.artifacts.publish(1, "n", "a", 1)
 
     kernel.delete(path)
@@ -147,7 +148,7 @@ def test_delete_removes_what_is_at_a_path(kernel, path: FlightPath):
 
 
 def test_entries_filter_by_prefix(kernel):
-    put_table(kernel.tables, TablePath("t"), pa.table({"x": [1]}))
+    put_table(kernel.store, TablePath("t"), pa.table({"x": [1]}))
     kernel.artifacts.publish(1, "n", "a", 1)
     kernel.artifacts.publish(12, "n", "b", 1)
     assert _paths(kernel, "artifacts/1") == ["artifacts/1/a", "artifacts/12/b"]
@@ -156,7 +157,7 @@ def test_entries_filter_by_prefix(kernel):
 
 def test_entries_give_each_paths_info(kernel):
     table = pa.table({"x": [1, 2]})
-    put_table(kernel.tables, TablePath("t"), table)
+    put_table(kernel.store, TablePath("t"), table)
     kernel.artifacts.publish(1, "n", "obj", {"k": 1})
 
     infos = {str(e.path): e.info for e in kernel.entries()}
@@ -215,7 +216,7 @@ def test_an_artifact_without_a_schema_is_left_out_of_the_listing(kernel, caplog)
     bad = _without_schema()
     with pytest.raises(pl.exceptions.ColumnNotFoundError):
         bad.collect_schema()
-    put_table(kernel.tables, TablePath("t"), pa.table({"x": [1]}))
+    put_table(kernel.store, TablePath("t"), pa.table({"x": [1]}))
     kernel.artifacts.publish(1, "n", "good", pl.DataFrame({"a": [1, 2]}))
     kernel.artifacts.publish(1, "n", "bad", bad)
     kernel.artifacts.publish(1, "n", "lazy", _failing_on_collect())

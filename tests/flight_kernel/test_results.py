@@ -67,6 +67,7 @@ def test_to_json_has_lists_plain_dicts_and_the_error_kind_as_its_string():
         "logs",
         "display_outputs",
         "lost_state",
+        "lost_artifacts",
     }
 
 
@@ -82,7 +83,6 @@ def test_from_json_ignores_unknown_fields_and_fills_missing_optional_ones():
         "flow_id": 1,
         "node_id": "n",
         "execution_id": "e",
-        "lost_artifacts": ["x"],
         "added_in_a_later_version": {"a": 1},
     }
     assert ExecutionResult.from_json(body) == ExecutionResult(
@@ -112,7 +112,8 @@ def test_kernel_died_is_a_failure_with_a_restarted_kernel():
         error="Timeout: the execution exceeded 1 s; the kernel was restarted",
         error_kind=ErrorKind.TIMEOUT,
         execution_time_ms=1234.56789,
-        lost_state=["tables", "artifacts"],
+        lost_state=["artifacts"],
+        lost_artifacts=["model"],
         exit_code=-9,
     )
     assert died == ExecutionResult(
@@ -124,7 +125,8 @@ def test_kernel_died_is_a_failure_with_a_restarted_kernel():
         error_kind=ErrorKind.TIMEOUT,
         execution_time_ms=1234.568,
         kernel_restarted=True,
-        lost_state=["tables", "artifacts"],
+        lost_state=["artifacts"],
+        lost_artifacts=["model"],
         exit_code=-9,
     )
 
@@ -137,6 +139,7 @@ def test_kernel_died_is_of_kind_kernel_died_unless_told():
         error="KernelDied: exit code 3",
         execution_time_ms=5.0,
         lost_state=[],
+        lost_artifacts=[],
         exit_code=3,
     )
     assert (died.success, died.error_kind, died.kernel_restarted, died.exit_code) == (

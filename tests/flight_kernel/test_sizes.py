@@ -15,6 +15,7 @@ import pytest
 
 from flight_kernel.artifacts import ArtifactStore
 from flight_kernel.serialization import estimate_size
+from flight_kernel.store import Store
 
 MB = 1_000_000
 
@@ -114,9 +115,9 @@ def test_arrow_arrays_count_their_buffers() -> None:
     assert estimate_size(chunked) == 16 * MB
 
 
-def test_a_published_artifact_records_the_size_of_what_it_holds() -> None:
+def test_a_published_artifact_records_the_size_of_what_it_holds(tmp_path: Any) -> None:
     model = Holder(coef=np.zeros(1_000_000), intercept=0.5, series=pl.Series(np.zeros(250_000)))
-    record = ArtifactStore().publish(1, "n", "model", model).record()
+    record = ArtifactStore(Store(str(tmp_path))).publish(1, "n", "model", model).record()
     assert record.size_bytes >= 10 * MB
 
 

@@ -1,4 +1,4 @@
-"""MemoryTableStore: uploaded tables and published outputs, kept as Arrow batches."""
+"""Store: uploaded tables and published outputs, as Arrow IPC files in one directory."""
 
 from __future__ import annotations
 
@@ -8,26 +8,26 @@ import pytest
 
 from flight_kernel.errors import NotFound
 from flight_kernel.paths import OutputPath, TablePath
+from flight_kernel.store import Store, StoredPath, TableInfo
 from flight_kernel.tables import MAX_BATCH_ROWS
-from flight_kernel.tablestore import MemoryTableStore, StoredPath, TableInfo, TableStore
 
 
 @pytest.fixture
-def tables() -> MemoryTableStore:
-    return MemoryTableStore()
+def tables(tmp_path) -> Store:
+    return Store(str(tmp_path / "store"))
 
 
-def put_table(store: TableStore, path: StoredPath, table: pa.Table) -> TableInfo:
+def put_table(store: Store, path: StoredPath, table: pa.Table) -> TableInfo:
     """Store a whole table, streamed as its batches (the path decides upload or output)."""
     return store.put(path, pa.RecordBatchReader.from_batches(table.schema, table.to_batches()))
 
 
-def _served(store: TableStore, path: StoredPath) -> pa.Table:
+def _served(store: Store, path: StoredPath) -> pa.Table:
     """The table as the Flight server hands it to clients."""
-    return store.get(path).client()
+    return store.get(path)
 
 
-def _put_outputs(store: TableStore, *paths: OutputPath) -> None:
+def _put_outputs(store: Store, *paths: OutputPath) -> None:
     for i, path in enumerate(paths):
         put_table(store, path, pa.table({"x": [i]}))
 
@@ -135,18 +135,18 @@ def test_list_filters_by_prefix(tables):
         OutputPath(12, "a", "output_0"),
     )
 
-    assert sorted(map(str, tables.list("outputs/1/a/"))) == [
+    assert sorted(map(str, tables.paths("outputs/1/a/"))) == [
         "outputs/1/a/named",
         "outputs/1/a/output_0",
     ]
-    assert sorted(map(str, tables.list("outputs/1/"))) == [
+    assert sorted(map(str, tables.paths("outputs/1/"))) == [
         "outputs/1/a/named",
         "outputs/1/a/output_0",
         "outputs/1/ab/output_0",
         "outputs/1/b/output_0",
     ]
-    assert tables.list("tables/") == [TablePath("t")]
-    assert len(tables.list()) == 6
+    assert tables.paths("tables/") == [TablePath("t")]
+    assert len(tables.paths()) == 6
 
 
 @pytest.mark.parametrize(
@@ -162,7 +162,7 @@ def test_delete_removes_what_is_at_a_path(tables, path):
 
     tables.delete(path)
 
-    assert path not in tables.list()
-    assert len(tables.list()) == 1
+    assert path not in tables.paths()
+    assert len(tables.paths()) == 1
     with pytest.raises(NotFound, match=f"nothing stored at {path}"):
         tables.delete(path)
