@@ -1,6 +1,9 @@
 # The kernel runtime: HTTP control plane on 9999, Arrow Flight data plane on 8815.
 #   docker build -t kernel_runtime:latest .
 #   docker run -p 9999:9999 -p 8815:8815 [-v DIR:/shared] [-e KERNEL_PACKAGES=...] IMAGE
+# The store (tables, outputs, persisted artifacts) defaults to a private directory in
+# /dev/shm, which Docker makes 64 MB: give it room with --shm-size=4g, or a volume at /store
+# with -v kernel-store:/store -e KERNEL_STORE_DIR=/store (kept across restarts).
 # BASE_IMAGE may be any Debian-like image with python3 and its venv module (curl is added
 # when missing); `make image-test` builds on a local debootstrap image this way.
 ARG BASE_IMAGE=python:3.12-slim
@@ -32,10 +35,10 @@ ENV VIRTUAL_ENV=/opt/venv \
     KERNEL_HOST=0.0.0.0
 
 # The service runs as `kernel`, which owns the venv (so entrypoint.sh can pip-install
-# KERNEL_PACKAGES at start) and /shared. Owning them from the start, rather than chown -R
+# KERNEL_PACKAGES at start), /shared and /store (a volume mounted there takes its owner). Owning them from the start, rather than chown -R
 # afterwards, keeps the packages out of a second layer.
 RUN useradd --create-home --uid 1000 --user-group --shell /bin/sh kernel \
-    && install -d -o kernel -g kernel /opt/venv /app /shared
+    && install -d -o kernel -g kernel /opt/venv /app /shared /store
 USER kernel
 RUN python3 -m venv /opt/venv
 WORKDIR /app

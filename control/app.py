@@ -35,11 +35,13 @@ from flight_kernel.errors import (
     KernelUnavailable,
     NotFound,
     SerializationFailed,
+    StoreFull,
+    StoreInUse,
     Unauthenticated,
     lookup,
 )
 from flight_kernel.settings import Settings
-from flight_kernel.store import Store, StoreFull, StoreInUse
+from flight_kernel.store import Store
 
 logger = logging.getLogger(__name__)
 

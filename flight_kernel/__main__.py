@@ -33,6 +33,7 @@ ANNOUNCE_FD = "KERNEL_ANNOUNCE_FD"
 TOKEN_FD = "KERNEL_TOKEN_FD"  # the parent writes the auth token there, never into the env
 KERNEL_ID = "KERNEL_ID"
 JOURNAL_FD = "KERNEL_JOURNAL_FD"  # a `journal.StartJournal` shared with the parent
+TERM_FLUSH_S = 2.0  # how long a stopped kernel may go on persisting artifacts
 
 
 def _announce(message: dict[str, Any]) -> None:
@@ -95,9 +96,16 @@ def main() -> None:
         reason = "Interrupted: the kernel process received SIGINT"
         kernel.executor.interrupt(InterruptRequest(), reason)
 
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        # The supervisor stops a kernel with SIGTERM: what is still being persisted gets a
+        # moment to reach the store, then the signal ends the kernel as it would have.
+        kernel.artifacts.flush(TERM_FLUSH_S)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     os.register_at_fork(after_in_child=lambda: _forget_kernel_sockets(server.port))
     signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, terminate)
     journal = os.environ.pop(JOURNAL_FD, None)
     if journal is not None:  # tells the parent which executions started, should this die
         kernel.executor.on_start = StartJournal(int(journal)).mark

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from flight_kernel.errors import Conflict, NotFound
+from flight_kernel.errors import Conflict, NotFound, StoreFull
 from flight_kernel.paths import ArtifactPath
 from flight_kernel.serialization import estimate_size
-from flight_kernel.store import PersistedArtifact, Store, StoreFull
+from flight_kernel.store import PersistedArtifact, Store
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,12 @@ import json
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pyarrow as pa
 import pyarrow.flight as flight
+import pyarrow.ipc as ipc
 import pydantic
 
 from flight_kernel.auth import call_options
@@ -80,6 +82,18 @@ def _http_errors(what: str) -> Iterator[None]:
         raise DeadlineExceeded(f"{what}: no answer in time: {exc}") from None
     except httpx.TransportError as exc:
         raise ConnectionLost(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+def _mapped(uri: str) -> pa.Table | None:
+    """The Arrow IPC file of a `file://` location, memory-mapped; None when it is not one, or
+    this process cannot open it (another host, another container, replaced meanwhile)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        return None
+    try:
+        return ipc.open_file(pa.memory_map(unquote(parts.path))).read_all()
+    except (OSError, pa.ArrowInvalid):
+        return None
 
 
 class KernelClient:
@@ -200,6 +214,16 @@ class KernelClient:
                 writer.write_table(table)
 
     def _get(self, client: flight.FlightClient, path: FlightPath) -> pa.Table:
+        """The table at a path: mapped from the store when its endpoint names a file this
+        process can see (same host, no copy), else streamed with `do_get`."""
+        descriptor = flight.FlightDescriptor.for_path(*str(path).split("/"))
+        with client_errors(f"get_flight_info {path}"):
+            info = client.get_flight_info(descriptor, self._options)
+        for endpoint in info.endpoints:
+            for location in endpoint.locations:
+                table = _mapped(location.uri.decode())
+                if table is not None:
+                    return table
         with client_errors(f"do_get {path}"):
             return client.do_get(flight.Ticket(str(path).encode()), self._options).read_all()
 

@@ -60,6 +60,15 @@ class SerializationFailed(KernelError):
     """An artifact cannot be turned into bytes (HTTP 422, FlightServerError)."""
 
 
+class StoreFull(KernelError):
+    """The store has no room for what was being written, and nothing of it remains (HTTP 507,
+    FlightServerError)."""
+
+
+class StoreInUse(KernelError):
+    """Another service owns the store directory (HTTP 409, FlightServerError)."""
+
+
 def error_classes() -> dict[str, type[KernelError]]:
     """Every refusal by its `kind`, derived from the class tree (decoders use this)."""
     found: dict[str, type[KernelError]] = {"KernelError": KernelError}

@@ -38,9 +38,20 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def kernel(image: str, shared_dir: Path) -> Iterator[podman.Container]:
-    """One container of the image as the README runs it, with `shared_dir` as /shared."""
-    with podman.running(image, volumes={shared_dir: "/shared"}) as container:
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The host side of /store, the container's store directory (written by uid 1000)."""
+    path = tmp_path_factory.mktemp("store")
+    path.chmod(0o777)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kernel(image: str, shared_dir: Path, store_dir: Path) -> Iterator[podman.Container]:
+    """One container of the image as the README runs it, with `shared_dir` as /shared and a
+    store volume at /store."""
+    volumes = {shared_dir: "/shared", store_dir: "/store"}
+    env = {"KERNEL_STORE_DIR": "/store"}
+    with podman.running(image, env=env, volumes=volumes) as container:
         yield container
 
 

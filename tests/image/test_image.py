@@ -8,6 +8,7 @@ import httpx
 import polars as pl
 import pyarrow as pa
 import pyarrow.flight as flight
+import pyarrow.ipc as ipc
 import pytest
 
 from tests.control.test_seed_examples import COMPLETE_EXAMPLE
@@ -72,6 +73,20 @@ def test_flight_round_trip(kernel: podman.Container) -> None:
         writer.write_table(table)
         writer.close()
         assert client.do_get(flight.Ticket(b"tables/t")).read_all().equals(table)
+
+
+def test_the_store_is_the_mounted_volume(
+    kernel: podman.Container, http: httpx.Client, store_dir: Path
+) -> None:
+    table = pa.table({"x": [4, 5]})
+    with flight.connect(kernel.flight_url) as client:
+        writer, _ = client.do_put(flight.FlightDescriptor.for_path("tables", "kept"), table.schema)
+        writer.write_table(table)
+        writer.close()
+    store = http.get("/health").json()["store"]
+    assert (store["dir"], store["durable"]) == ("/store", True)
+    on_host = ipc.open_file(pa.memory_map(str(store_dir / "tables" / "kept.arrow")))
+    assert on_host.read_all().equals(table)
 
 
 def test_extra_package_is_not_preinstalled(http: httpx.Client) -> None:
