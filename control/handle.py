@@ -288,9 +288,10 @@ class KernelHandle:
             "requested (POST /restart)"
         )
         self.kill(generation, conn, reason, ErrorKind.KERNEL_DIED)
-        self.process.death(generation, DEATH_REPORT_WAIT_S)
+        death = self.process.death(generation, DEATH_REPORT_WAIT_S)
         self.process.connection()  # waits for the new kernel
-        return {"flow_id": None, "pid": self.process.status().pid}
+        lost = [str(p) for p in death.lost_artifacts] if death is not None else []
+        return {"flow_id": None, "pid": self.process.status().pid, "lost_artifacts": lost}
 
     def health(self) -> tuple[str, dict[str, Any]]:
         """The kernel's own health body, and its state: `healthy`, `busy` (it did not answer

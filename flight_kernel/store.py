@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -73,6 +74,7 @@ _HASHED = "%%"  # `quote` never writes two '%' in a row: a hashed name cannot be
 _KINDS = ("tables", "outputs", "artifacts")
 
 
+@functools.lru_cache(maxsize=4096)  # flows, nodes and names repeat: every execution asks
 def encode(segment: str) -> str:
     """One path segment as a file name: percent-encoded ASCII (never starting with '.', which
     temporary and lock files do), or a hash when that would be too long for a file system."""
@@ -202,6 +204,12 @@ class Store:
         store._take_lock()
         if store.max_bytes is None:
             store.max_bytes = store._default_max()
+        lost = store.take_lost()
+        if lost:
+            logger.warning(
+                "artifacts never persisted before the last service stopped are gone: %s",
+                ", ".join(map(str, lost)),
+            )
         store.sweep()
         return store
 
@@ -304,17 +312,16 @@ class Store:
         return min(free, self.max_bytes - self.usage())
 
     @contextlib.contextmanager
-    def _staged(self, target: str, what: str) -> Iterator[str]:
-        """A temporary file beside `target`: the caller writes it and renames it into place;
-        whatever is left of it is removed. Running out of space is `StoreFull`."""
+    def _staged(self, target: str, what: str) -> Iterator[tuple[str, int]]:
+        """A temporary file beside `target`, and the bytes it may take: the caller writes it
+        and renames it into place; whatever is left of it is removed. Running out of space
+        is `StoreFull`."""
         directory = os.path.dirname(target)
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, TEMPORARY + secrets.token_hex(8))
         left = self.space_left()
         try:
-            yield tmp
-            if os.path.exists(tmp) and os.stat(tmp).st_size > left:
-                raise _space_error(self.directory, left, what)
+            yield tmp, left
         except OSError as exc:
             if exc.errno == errno.ENOSPC or "No space left" in str(exc):
                 raise _space_error(self.directory, left, what) from None
@@ -337,15 +344,14 @@ class Store:
             # own are unified first (the one case that reads the whole stream before writing).
             table = reader.read_all().unify_dictionaries()
             reader = pa.RecordBatchReader.from_batches(schema, table.to_batches())
-        with self._staged(target, f"the table {path}") as tmp:
-            self._write_table(tmp, reader, {PATH_KEY: str(path).encode()})
+        with self._staged(target, f"the table {path}") as (tmp, left):
+            self._write_table(tmp, left, reader, {PATH_KEY: str(path).encode()})
             os.replace(tmp, target)
         return self.info(path)
 
     def _write_table(
-        self, tmp: str, reader: pa.RecordBatchReader, footer: dict[bytes, bytes]
+        self, tmp: str, left: int, reader: pa.RecordBatchReader, footer: dict[bytes, bytes]
     ) -> None:
-        left = self.space_left()
         with (
             pa.OSFile(tmp, "wb") as sink,
             ipc.new_file(sink, reader.schema, metadata=footer) as writer,
@@ -408,9 +414,7 @@ class Store:
         for top in ("tables", "outputs"):
             if not (top.startswith(prefix) or prefix.startswith(top)):
                 continue
-            start = top
-            if prefix.startswith(top + "/") and isinstance(_whole_dirs(prefix), str):
-                start = _whole_dirs(prefix)
+            start = _whole_dirs(prefix) if prefix.startswith(top + "/") else top
             for file in self._files(start, TABLE):
                 path = self._path_of(file)
                 if isinstance(path, TablePath | OutputPath) and str(path).startswith(prefix):
@@ -461,17 +465,20 @@ class Store:
         base = self._base(path)
         lazy = type(obj).__name__ == "LazyFrame"  # pickled: persisting never evaluates it
         suffix = TABLE if is_table_like(obj) and not lazy else PICKLED
-        with self._staged(base + suffix, f"the artifact {path}") as tmp:
+        what = f"the artifact {path}"
+        with self._staged(base + suffix, what) as (tmp, left):
             if suffix == TABLE:
                 table = to_arrow(obj, str(path))
                 footer = {PATH_KEY: str(path).encode(), ARTIFACT_KEY: json.dumps(record).encode()}
                 reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
-                self._write_table(tmp, reader, footer)
+                self._write_table(tmp, left, reader, footer)
             else:
                 header = {"path": str(path), **record, "served_as_object": not lazy}
                 with open(tmp, "wb") as file:
                     file.write(json.dumps(header).encode() + b"\n")
                     cloudpickle.CloudPickler(file, protocol=5).dump(obj)
+                    if file.tell() > left:
+                        raise _space_error(self.directory, left, what)
 
             def rename() -> None:
                 os.replace(tmp, base + suffix)

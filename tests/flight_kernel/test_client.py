@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import pyarrow.flight as flight
 import pytest
 from polars.testing import assert_frame_equal
 
@@ -200,3 +201,51 @@ def test_delete_of_a_name_with_quotes(kc: KernelClient) -> None:
     kc.delete('tables/say "hi"')
     with pytest.raises(KeyError):
         kc.get_table('tables/say "hi"')
+
+
+def _mapped_files(address: int) -> list[str]:
+    """The files this process has mapped over `address` (from /proc/self/maps)."""
+    found = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= address < high and len(fields) == 6:
+                found.append(fields[5].strip())
+    return found
+
+
+def test_get_table_maps_the_stores_file_on_the_same_host(kc: KernelClient) -> None:
+    table = pa.table({"x": np.arange(1_000_000, dtype=np.int64)})
+    kc.put_table("big", table)
+    got = kc.get_table("tables/big")
+    assert got.equals(table)
+    store = kc.health()["store"]["dir"]
+    address = got.column("x").chunk(0).buffers()[1].address
+    assert _mapped_files(address) == [f"{store}/tables/big.arrow"]  # the file, not a copy
+
+
+class _FileElsewhere(flight.FlightServerBase):  # type: ignore[misc]
+    """A server whose endpoints name a file this process cannot open (another host's)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        super().__init__("grpc://127.0.0.1:0")
+        self.table = table
+
+    def get_flight_info(self, context, descriptor):
+        endpoint = flight.FlightEndpoint(
+            b"tables/t", ["arrow-flight-reuse-connection://?", "file:///no/such/store/t.arrow"]
+        )
+        return flight.FlightInfo(self.table.schema, descriptor, [endpoint], -1, -1)
+
+    def do_get(self, context, ticket):
+        return flight.RecordBatchStream(self.table)
+
+
+def test_get_table_streams_when_the_stores_file_cannot_be_opened() -> None:
+    table = pa.table({"x": [1, 2, 3]})
+    with (
+        _FileElsewhere(table) as server,
+        KernelClient("http://127.0.0.1:1", f"grpc://127.0.0.1:{server.port}") as client,
+    ):
+        assert client.get_table("tables/t").equals(table)
