@@ -2,7 +2,8 @@
 
 `report.py` prints the note of every figure that misses its goal in a run. The figures in
 these notes come from the profiles taken when they were written (2 cores, pyarrow 26,
-polars 2.1, py-spy 0.4); the live decomposition of each run is in its "Details".
+polars 2.1, py-spy 0.4); the live decomposition of each run is in its "Details". Those of
+1, 2, 4-6b predate the mapped store (SPEC §8).
 """
 
 from __future__ import annotations
@@ -28,20 +29,13 @@ BOUNDS: dict[str, str] = {
     "1": _TRANSFER,
     "2": _TRANSFER,
     "3": (
-        "two costs the parquet side does not have. (a) The first read of an uploaded table "
-        "copies it: buffers that arrive by do_put sit 1 byte past a 64-byte boundary (gRPC "
-        "framing) and polars copies misaligned buffers on every read, so "
-        "`tables.StoredTable.for_polars` copies each batch once, on the first read, and hands "
-        "the freed gRPC buffer back to the OS before the next (`_align_batch`). py-spy of that "
-        "read: 98% in the copy, mostly memcpy with first-touch page faults. The same 10M-row "
-        "input takes 0.2 to 2.3 s on its first read and 2 to 5 ms on the next. Copying into "
-        "pyarrow's default mimalloc instead of malloc made it faster (3.3 to 3.6x) but kept "
-        "17% more resident and let goal 7 swing from 6 to 15%; malloc keeps it at 6.2%. "
-        "(b) The do_get of the 640 MB output runs at this machine's bare Flight rate "
-        "(0.7 to 1.2 GB/s: 0.5 to 0.9 s), which caps the ratio near parquet time / do_get "
-        "time (4.1 to 4.7 here) even when the read is free. Tried and measured: copying in "
-        "`do_put` as the stream arrives, in the receiving thread (stalls the stream: do_put 3x "
-        "slower) or on a helper thread (goal 2 fell to 0.79x and goal 3 did not move, 3.47x)."
+        "the do_get of the output. The first-read alignment copy is gone with the mapped "
+        "store: the execution takes about as long on a fresh upload as on an input read "
+        "before (quick runs: 32 to 33 ms and 30 to 32 ms for 1M rows), and what is left is "
+        "streaming the 64 MB output at this machine's bare Flight rate (about 70 ms, 0.9 GB/s),"
+        " against which the parquet side (write and read, about 290 ms) caps the ratio near 4.2 "
+        "even if the execution were free. The figure reads the output with bare `do_get`; "
+        "`KernelClient.get_table` maps it instead (see 10). Not profiled further."
     ),
     "4": (
         "the architecture's floor is above the goal. /execute is a no-op POST + a hop to a "
@@ -65,6 +59,12 @@ BOUNDS: dict[str, str] = {
         "on two shared cores the tail follows the machine's other load."
     ),
     "5": (
+        "the relay. Since the data plane moved to the control process (SPEC §8), the execute "
+        "action of the service's Flight port goes client → `DataPlane.do_action` → "
+        "`Service.action` (parse, `Service.execute`) → the kernel's own execute action: two "
+        "Flight round trips and a JSON re-encoding. Quick run: p50 0.96 ms, where the bare "
+        "round trip is 0.28 ms and the relay adds 0.68 ms (the kernel's server alone added "
+        "0.16 ms before: 0.52 ms, 0.82x). Not profiled further. What follows predates it: "
         "a bare pyarrow do_action round trip is already 0.19 to 0.41 ms here, 0.26 to "
         f"0.46{TIMES} the no-op POST (see Details), and the kernel's execute action adds 0.14 to"
         " 0.23 ms to it. Of that, the kernel's Python, timed inside its do_action: 85 µs for "
@@ -89,28 +89,36 @@ BOUNDS: dict[str, str] = {
         "to 1.20: the 5% of headroom is inside this machine's noise. Not analysed further."
     ),
     "7": (
-        "the copy that aligns an uploaded table on its first read (see 3), for two reasons. (a)"
-        " The copies come from pyarrow's default pool, mimalloc, which keeps 1198 MiB resident "
-        "for 128 buffers of 8 MiB (1024 MiB): +17%, where jemalloc and the system pool keep "
-        "1025 and 1024 MiB (measured by allocating and touching them). smaps of the kernel "
-        "before and after the first read: the large mappings grow from 1028 to 1198 MiB every "
-        "time. (b) The rest varies: do_put leaves 90 to 240 MiB of gRPC receive buffers in "
-        "glibc's arenas, which the read's `malloc_trim` releases, so the peak lands anywhere "
-        "from 64 to 185 MiB (234 MiB before c02111d, which trims batch by batch). Measured fix:"
-        " run the kernel with `ARROW_DEFAULT_MEMORY_POOL=jemalloc` (or `system`), e.g. set by "
-        "the supervisor when it spawns the kernel: the peak is then 62 to 64 MiB in four of "
-        "four in-process runs, one 64 MiB batch (6.2% of 1 GiB), and the table's copy no longer"
-        " costs 170 MiB more than its size; check goals 1 to 3 with it. A table under about 700"
-        " MiB cannot hold the goal while it is copied batch by batch (one 64 MiB batch is over "
-        "10% of it: 53 to 64% at the quick size); receiving aligned (see 3) would take the copy"
-        " off the read altogether."
+        "the held result and the filter's own buffers: the filter keeps 1% of the rows "
+        "(1.3 MiB of a 128 MiB table, held as an artifact), and the peak was 1.8 to 1.9 MiB "
+        "(quick runs); reading maps the file (a second `read_input()` alone: 0.0 MiB of "
+        "private memory). At the quick size the goal leaves 1.3 MiB beside the result."
     ),
     "7b": (
-        "as for 7: the first read aligns the views and offsets buffers (character data is not "
-        "copied) into mimalloc, with the same overhead, on smaller buffers."
+        "the cast to string views. The store keeps an upload as the client sent it "
+        "(`string`), and every read casts it `for_polars` (`flight_kernel/tables.py`): the cast "
+        "shares the mapped character data but allocates 16 bytes a row per string column in "
+        "pyarrow's pool, 70 MiB for 1.1M rows x 4 columns of a 126 MiB table (56%), on each "
+        "read; mimalloc keeps the pages after the frame is gone (RssAnon did not fall in an "
+        "in-process probe). Also, the filtered frame's views point into the whole mapped "
+        "character buffers, so 1% of the rows kept as an artifact keeps the whole file mapped "
+        "(RSS still up by the file's size after the execution; shared pages, not private). "
+        "Measured in a probe (same table, written to /dev/shm, read as the kernel reads it): "
+        "an IPC file that holds the columns as `string_view` maps with 0.05 MiB of private "
+        "memory and 1.4 MiB (1.1%) after the filter, for a file of 176 MiB instead of 126; "
+        "do_get would then need the cast to `large_string` for clients (or a second form)."
     ),
     "8": "not reproduced: publish_artifact stores a reference; timed inside the kernel, 25-50 µs.",
     "9": "not reproduced: 10,000 executions grew the kernel by < 0.1 MB.",
+    "10": (
+        "not reproduced: at 128 MiB the mapped read takes 2 ms to the table (get_flight_info, "
+        "map, footer) and 17 to 19 ms to sum it (12 ms for the same table in heap memory: the "
+        "difference is faulting in the mapped pages), against 120 to 180 ms for bare do_get."
+    ),
+    "11": (
+        "not reproduced: the write-behind of a 10 MB array reads persisted 1 to 6 ms after "
+        "the /execute response (quick run)."
+    ),
     "6b": (
         "CPU scheduling (polars computes without the GIL): the probe's request crosses six "
         "threads in three processes (client, uvicorn loop, worker, gRPC client, kernel handler "

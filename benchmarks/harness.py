@@ -315,28 +315,52 @@ def latencies(fn: Callable[[], object], n: int) -> list[float]:
 # -- memory ---------------------------------------------------------------------------------
 
 
-class RssSampler:
-    """Samples a process's resident memory in a thread; `peak` is the highest seen."""
+def memory_of(pid: int) -> tuple[int, int]:
+    """A process's resident memory and the private part of it (`VmRSS`, `RssAnon` of
+    /proc/<pid>/status), in bytes. Pages of a mapped file count in the first only: they are
+    the file's (shared, in the page cache or tmpfs), not the process's."""
+    rss = anon = -1
+    with open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith(b"RssAnon:"):
+                anon = int(line.split()[1]) * 1024
+                break  # it comes after VmRSS
+    if rss < 0 or anon < 0:
+        raise RuntimeError(f"no VmRSS/RssAnon in /proc/{pid}/status")
+    return rss, anon
 
-    def __init__(self, proc: psutil.Process, interval: float = 0.002) -> None:
-        self._proc = proc
+
+class MemorySampler:
+    """Samples a process's resident and private memory (`memory_of`) in a thread;
+    `peak_rss` and `peak_anon` are the highest seen (each on its own)."""
+
+    def __init__(self, pid: int, interval: float = 0.002) -> None:
+        self._pid = pid
         self._interval = interval
         self._stop = threading.Event()
-        self.peak = proc.memory_info().rss
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.peak_rss, self.peak_anon = memory_of(pid)
+        self.samples = 0
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):  # the process may have ended
+            rss, anon = memory_of(self._pid)
+            self.peak_rss = max(self.peak_rss, rss)
+            self.peak_anon = max(self.peak_anon, anon)
+            self.samples += 1
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._sample()
             self._stop.wait(self._interval)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> MemorySampler:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        with contextlib.suppress(psutil.Error):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+        self._sample()

@@ -30,9 +30,9 @@ class Config:
     """Sizes and repetitions of one run."""
 
     name: str
-    table_bytes: int  # goals 1, 2, 7, 7b
+    table_bytes: int  # goals 1, 2, 7, 7b, 10
     passthrough_rows: int  # goal 3
-    transfer_reps: int  # goals 1, 2
+    transfer_reps: int  # goals 1, 2, 10
     passthrough_reps: int  # goal 3
     latency_blocks: int  # goals 4, 5, 6b: blocks per variant
     latency_requests: int  # requests per block
@@ -43,6 +43,8 @@ class Config:
     artifact_bytes: int  # goal 8
     artifact_reps: int
     executions: int  # goal 9 (RSS compared with that after 100)
+    persist_bytes: int  # goal 11: the published object
+    persist_reps: int
 
 
 FULL = Config(
@@ -60,6 +62,8 @@ FULL = Config(
     artifact_bytes=100 * MiB,
     artifact_reps=31,
     executions=10_000,
+    persist_bytes=10_000_000,
+    persist_reps=51,
 )
 QUICK = Config(
     "quick",
@@ -76,6 +80,8 @@ QUICK = Config(
     artifact_bytes=100 * MiB,
     artifact_reps=11,
     executions=2_000,
+    persist_bytes=10_000_000,
+    persist_reps=21,
 )
 TINY = Config(
     "tiny",
@@ -92,6 +98,8 @@ TINY = Config(
     artifact_bytes=MiB,
     artifact_reps=2,
     executions=150,
+    persist_bytes=1_000_000,
+    persist_reps=2,
 )
 CONFIGS = {c.name: c for c in (FULL, QUICK, TINY)}
 
@@ -111,7 +119,7 @@ class Result:
 
     key: str
     title: str
-    value: Spread  # the figure: a ratio, or an absolute for 6b/7/7b/8/9
+    value: Spread  # the figure: a ratio, or an absolute for 6b/7/7b/8/9/11
     unit: str  # TIMES, "ms", "%", "MB"
     goal_op: str  # "≥", "≤", "<"
     goal: float

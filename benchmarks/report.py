@@ -125,8 +125,9 @@ def markdown(results: list[Result], info: RunInfo, chart: str | None) -> str:
         "settings, or the service's own parquet path. The two are measured interleaved "
         f"(A B A B …); values are medians over the repetitions with [min {DASH} max]; a ratio "
         f"is the ratio of the medians with [min {DASH} max] of the per-pair ratios. Kernel "
-        "memory is "
-        "the kernel process's RSS (psutil, pid from `/health`).",
+        "memory (pid from `/health`) is its private memory, `RssAnon` of /proc/<pid>/status "
+        "(pages of the store's mapped files are shared, not counted), for 7 and 7b, and its "
+        "RSS for 9.",
         "",
         table(results),
         "",

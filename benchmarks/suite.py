@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from benchmarks.latency import concurrency, latency
-from benchmarks.memory import artifact, leak, memory
+from benchmarks.memory import artifact, leak, memory, persist
 from benchmarks.model import CONFIGS, TIMES, Config, Env, Result
-from benchmarks.throughput import passthrough, transfer
+from benchmarks.throughput import passthrough, read, transfer
 
 __all__ = ["CONFIGS", "FIGURES", "ORDER", "TIMES", "Config", "Env", "Result"]
 
@@ -23,6 +23,8 @@ FIGURES: dict[str, Callable[[Env, Config], list[Result]]] = {
     "concurrency": concurrency,  # 6, 6b
     "memory": memory,  # 7, 7b
     "artifact": artifact,  # 8
+    "read": read,  # 10
+    "persist": persist,  # 11
 }
 
-ORDER = ["1", "2", "3", "4", "4 p99", "5", "6", "6b", "7", "7b", "8", "9"]
+ORDER = ["1", "2", "3", "4", "4 p99", "5", "6", "6b", "7", "7b", "8", "9", "10", "11"]

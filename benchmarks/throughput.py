@@ -1,13 +1,18 @@
-"""Goals 1-3: moving a big table (do_get, do_put) and a pass-through node, Flight vs parquet."""
+"""Goals 1-3, 10: moving a big table (do_get, do_put), a pass-through node (Flight vs
+parquet), a same-host read of an output (`KernelClient.get_table` vs bare do_get)."""
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
@@ -24,6 +29,7 @@ from benchmarks.model import (
     size_text,
     spread_ms,
 )
+from flight_kernel.client import KernelClient
 
 # -- 1, 2: do_put / do_get of a big numeric table -------------------------------------------
 
@@ -153,6 +159,93 @@ def passthrough(env: Env, cfg: Config) -> list[Result]:
                 "(untimed), so the execution is its first read; the same node on an input it has "
                 f"read before: {split('again')} "
                 f"({statistics.median(runs.b) / again:.1f}{TIMES} faster than parquet)"
+            ],
+        )
+    ]
+
+
+# -- 10: same-host read of a published output, KernelClient vs bare do_get ---------------------
+
+
+def column_sums(table: pa.Table) -> float:
+    """A sum over every column: reads every byte, so a lazy map is not free."""
+    return float(sum(pc.sum(col).as_py() for col in table.columns))
+
+
+def read(env: Env, cfg: Config) -> list[Result]:
+    """The output of a pass-through execution (output_dir ""), read by `get_table` of a
+    `KernelClient` in this process (which maps the endpoint's `file://` location when it can
+    see it), against bare do_get of the same table from the bare Flight server."""
+    svc = env.service
+    assert svc.flight is not None
+    table = data.numeric_table(data.numeric_rows_for(cfg.table_bytes))
+    nbytes, rows = table.nbytes, table.num_rows
+    flight_put(svc.flight, ["tables", "read"], table)
+    res = svc.execute(
+        PASS_THROUGH,
+        node_id="read_out",
+        flow_id=10,
+        inputs={"main": ["flight:///tables/read"]},
+        output_dir="",
+    )
+    uri = str(res["output_paths"][0])
+    flight_put(env.bare, ["tables", "read"], table)
+    expected = column_sums(table)
+    del table
+    path = uri.removeprefix("flight:///").split("/")
+    info = svc.flight.get_flight_info(flight.FlightDescriptor.for_path(*path))
+    locations = [loc.uri.decode() for e in info.endpoints for loc in e.locations]
+    phases: dict[str, list[tuple[float, float]]] = {"client": [], "bare": []}
+    allocated: list[int] = []
+
+    def summed(kind: str, get: Callable[[], pa.Table]) -> float:
+        pool0 = pa.total_allocated_bytes()
+        t0 = time.perf_counter()
+        got = get()
+        t1 = time.perf_counter()
+        total = column_sums(got)
+        t2 = time.perf_counter()
+        if kind == "client":
+            allocated.append(pa.total_allocated_bytes() - pool0)
+        assert got.num_rows == rows and math.isclose(total, expected, rel_tol=1e-9), kind
+        phases[kind].append((t1 - t0, t2 - t1))
+        del got
+        return t2 - t0
+
+    with KernelClient(f"http://127.0.0.1:{svc.http_port}", svc.location) as kc:
+        runs = interleave(
+            cfg.transfer_reps,
+            lambda: summed("client", lambda: kc.get_table(uri)),
+            lambda: summed("bare", lambda: flight_get(env.bare, "tables/read")),
+        )
+    list(env.bare.do_action(flight.Action("clear", b"")))
+    svc.clear()
+
+    def split(kind: str) -> str:
+        measured = phases[kind][1:] or phases[kind]  # the first was the warm-up
+        got = statistics.median(p[0] for p in measured) * 1000
+        add = statistics.median(p[1] for p in measured) * 1000
+        return f"{got:,.1f} ms to the table + {add:,.1f} ms to sum it"
+
+    mapped = statistics.median(allocated) < nbytes / 2
+    return [
+        Result(
+            "10",
+            f"same-host read of a published {size_text(nbytes)} output, each up to a sum over "
+            "every column: bare Flight do_get time / `KernelClient.get_table` time",
+            ratio_of(runs, invert=True),
+            TIMES,
+            "≥",
+            3.0,
+            Side("get_table + sum", gb_s(nbytes, runs.a), "GB/s"),
+            Side("bare Flight do_get + sum", gb_s(nbytes, runs.b), "GB/s"),
+            [
+                f"10: {rows:,} rows x 8 float64, uploaded by do_put and published by "
+                f'`{PASS_THROUGH}` with output_dir "" as {uri}; its endpoint\'s locations: '
+                f"{', '.join(locations)}; {cfg.transfer_reps} interleaved pairs, medians: "
+                f"get_table {split('client')}, bare do_get {split('bare')}; get_table "
+                f"{'mapped the file' if mapped else 'streamed it (do_get)'} (pyarrow's pool "
+                f"grew by {statistics.median(allocated) / (1 << 20):,.1f} MiB per read)"
             ],
         )
     ]

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.e2e  # starts the real `kernel-runtime serve` and the b
 def test_every_figure_is_produced(tmp_path: Path) -> None:
     results = run("tiny", out_dir=tmp_path, name="smoke")
 
+    assert {"10", "11"} <= set(ORDER)  # get_table vs do_get, persisted after publish
     assert [r.key for r in results] == ORDER
     for r in results:
         assert math.isfinite(r.value.median), r.key
