@@ -24,7 +24,8 @@ from control.service import Service, descriptions
 from flight_kernel.auth import BearerAuthMiddlewareFactory
 from flight_kernel.errors import InvalidRequest, KernelError
 from flight_kernel.flight_errors import server_errors
-from flight_kernel.paths import ArtifactPath, FlightPath, OutputPath, from_segments, parse_ticket
+from flight_kernel.kernel import check_uploadable
+from flight_kernel.paths import ArtifactPath, FlightPath, from_segments, parse_ticket
 from flight_kernel.server import REUSE_CONNECTION, descriptor_path, finished_only
 from flight_kernel.store import TableInfo
 
@@ -150,11 +151,7 @@ class DataPlane(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         with server_errors("do_put"):
             path = descriptor_path(descriptor)
-            if isinstance(path, OutputPath):
-                raise InvalidRequest(
-                    f"{path} is written by executions only; upload inputs "
-                    "to tables/<name> or artifacts/<flow_id>/<name>"
-                )
+            check_uploadable(path)
             stream = finished_only(reader, context, path)
             if isinstance(path, ArtifactPath):  # restored in its kernel, which persists it
                 table = stream.read_all()

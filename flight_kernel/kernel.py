@@ -46,6 +46,15 @@ logger = logging.getLogger(__name__)
 RESTART_EXIT_CODE = 75
 
 
+def check_uploadable(path: FlightPath) -> None:
+    """Clients upload tables and artifacts; outputs are written by executions only."""
+    if isinstance(path, OutputPath):
+        raise InvalidRequest(
+            f"{path} is written by executions only; upload inputs "
+            "to tables/<name> or artifacts/<flow_id>/<name>"
+        )
+
+
 @dataclass(frozen=True)
 class Cleared:
     """What a clear removed."""
@@ -161,11 +170,7 @@ class Kernel:
 
     def put(self, path: FlightPath, reader: pa.RecordBatchReader) -> None:
         """Store an uploaded stream: a table, or an artifact (restored from its form)."""
-        if isinstance(path, OutputPath):
-            raise InvalidRequest(
-                f"{path} is written by executions only; upload inputs "
-                "to tables/<name> or artifacts/<flow_id>/<name>"
-            )
+        check_uploadable(path)
         if isinstance(path, TablePath):
             self.store.put(path, reader)
         else:
