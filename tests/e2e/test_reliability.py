@@ -266,6 +266,8 @@ def _refuses_connections(url: httpx.URL) -> bool:
         httpx.get(url, timeout=10.0)
     except httpx.ConnectError:
         return True
+    except httpx.RemoteProtocolError:  # accepted just before the listener closed: ask again
+        return False
     return False
 
 
