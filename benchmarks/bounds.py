@@ -119,6 +119,33 @@ BOUNDS: dict[str, str] = {
         "not reproduced: the write-behind of a 10 MB array reads persisted 1 to 6 ms after "
         "the /execute response (quick run)."
     ),
+    "12": (
+        "the start of the next spare, which begins inside the first execution: "
+        "`FlowRouter._take_spare` starts its thread, whose `subprocess.Popen(..., "
+        "preexec_fn=_die_with_parent)` must fork() the control process (about 120 MB resident "
+        "and dozens of threads) where, without `preexec_fn`, it could vfork. On this VM such a "
+        "fork stalls the process's other threads: in a probe (a Python process of 160 MB "
+        "resident) Popen took 32 ms and another thread stalled 12.5 ms median (24 ms max), "
+        "against 1.5 and 0.4 ms without `preexec_fn`. A service with `_die_with_parent` "
+        "patched out (so Popen vforks) gave a first /execute p50 of 7.3 ms against 14.8 ms, in "
+        "24 pairs interleaved over two services at once. What is left over the 3 to 4 ms of an "
+        "existing flow is the `adopt` round trip and a fresh kernel's first call (the first "
+        "/execute after a /restart, no adopt and no spare start: 6.4 ms against 4.8 ms). "
+        "Existing flows are not slowed by a starting spare (3.7 against 3.5 ms while it "
+        "starts). Proposed fix (control/processes.py): drop `preexec_fn` and have the kernel "
+        "set PR_SET_PDEATHSIG itself first thing, checking `os.getppid()` against the parent "
+        "pid passed in its environment to close the race; or start the next spare only once "
+        "the adopting call has answered."
+    ),
+    "13": (
+        "not reproduced: an idle flow kernel is 49.5 to 49.6 MB of USS after `x = 1` (quick "
+        "runs), 0.3 MB more than a spare that ran nothing; of its 117 MB RSS, the rest is "
+        "shared library pages (PSS 53 MB)."
+    ),
+    "13b": (
+        "not reproduced: 20 x 49.6 MB of idle flow kernels + 69 MB of control process = "
+        "1.06 GB (quick runs, extrapolated from 6 kernels); the spare adds 49 MB more."
+    ),
     "6b": (
         "CPU scheduling (polars computes without the GIL): the probe's request crosses six "
         "threads in three processes (client, uvicorn loop, worker, gRPC client, kernel handler "

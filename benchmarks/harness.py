@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,9 +129,11 @@ def probe_json(port: int, path: str, timeout: float = 5.0) -> Any:
 
 
 class Service:
-    """The real `kernel-runtime serve` as a child process on free ports."""
+    """The real `kernel-runtime serve` as a child process on free ports; `env` is added to
+    this process's environment (e.g. `KERNEL_MAX_KERNELS`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.extra_env = dict(env or {})
         self.http_port = free_port()
         self.flight_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -148,6 +150,7 @@ class Service:
             "KERNEL_HTTP_PORT": str(self.http_port),
             "KERNEL_FLIGHT_PORT": str(self.flight_port),
             "KERNEL_LOG_LEVEL": LOG_LEVEL,
+            **self.extra_env,
         }
         self.proc = subprocess.Popen([_venv_script("kernel-runtime"), "serve"], env=env)
         try:
@@ -185,8 +188,35 @@ class Service:
         result: dict[str, Any] = self.http.get("/health")
         return result
 
-    def kernel_process(self) -> psutil.Process:
-        return psutil.Process(int(self.health()["kernel_pid"]))
+    def kernels(self) -> list[dict[str, Any]]:
+        """`/health`'s kernels: {flow_id, pid, state, restarts, node}; flow_id None: the spare
+        (or, with `KERNEL_ISOLATION=shared`, the one kernel of every flow)."""
+        found: list[dict[str, Any]] = self.health()["kernels"]
+        return found
+
+    def kernel_process(self, flow_id: int) -> psutil.Process:
+        """The kernel that serves `flow_id` (run something in the flow first: with
+        `KERNEL_ISOLATION=flow` a flow has no kernel before its first call)."""
+        kernels = self.kernels()
+        for k in kernels:
+            if k["flow_id"] == flow_id:
+                return psutil.Process(int(k["pid"]))
+        if len(kernels) == 1 and kernels[0]["flow_id"] is None:  # shared: one for all
+            return psutil.Process(int(kernels[0]["pid"]))
+        raise RuntimeError(f"no kernel serves flow {flow_id}: {kernels}")
+
+    def spare_ready(self) -> bool:
+        """Whether a started spare kernel (flow_id None, healthy) is listed in `/health`."""
+        return any(k["flow_id"] is None and k["state"] == "healthy" for k in self.kernels())
+
+    def wait_spare(self, timeout: float = 60.0, pause: float = 0.01) -> float:
+        """Poll `/health` until a spare is ready; returns the seconds it took."""
+        t0 = time.perf_counter()
+        while not self.spare_ready():
+            if time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"no spare kernel ready within {timeout:g} s")
+            time.sleep(pause)
+        return time.perf_counter() - t0
 
     def execute(
         self,
@@ -330,6 +360,25 @@ def memory_of(pid: int) -> tuple[int, int]:
     if rss < 0 or anon < 0:
         raise RuntimeError(f"no VmRSS/RssAnon in /proc/{pid}/status")
     return rss, anon
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """The totals of /proc/<pid>/smaps_rollup, in bytes (`Rss`, `Pss`, `Private_Dirty` ...)."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                fields[key] = int(parts[0]) * 1024
+    return fields
+
+
+def uss_of(pid: int) -> int:
+    """A process's private memory (USS: `Private_Clean` + `Private_Dirty`), as `/memory`
+    counts it for kernels."""
+    fields = smaps_rollup(pid)
+    return fields["Private_Clean"] + fields["Private_Dirty"]
 
 
 class MemorySampler:

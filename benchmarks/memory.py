@@ -65,6 +65,7 @@ FILTER = (
     "print(df.height, df.estimated_size())"
 )
 READ_ONLY = "lf = flowfile.read_input()"
+MEMORY_FLOW = 7  # warm-up and measurements: one flow, so one kernel
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,15 @@ class Growth:
 def _growth(svc: Service, code: str, node: str, path: str, artifact: str | None) -> Growth:
     """Sampled from before the execution until its `artifact` (if any) reads persisted: the
     background write of the held result is the kernel's work too."""
-    pid = svc.kernel_process().pid
-    kernel_gc(svc)
+    kernel_gc(svc, MEMORY_FLOW)
+    pid = svc.kernel_process(MEMORY_FLOW).pid
     rss0, anon0 = memory_of(pid)
     with MemorySampler(pid) as sampler:
-        res = svc.execute(code, node_id=node, flow_id=7, inputs={"main": [f"flight:///{path}"]})
+        res = svc.execute(
+            code, node_id=node, flow_id=MEMORY_FLOW, inputs={"main": [f"flight:///{path}"]}
+        )
         if artifact is not None:
-            wait_persisted(svc, 7, artifact)
+            wait_persisted(svc, MEMORY_FLOW, artifact)
     rss1, anon1 = memory_of(pid)
     return Growth(
         sampler.peak_anon - anon0,
@@ -114,10 +117,14 @@ def _memory(cfg: Config, key: str, kind: str, table: pa.Table, goal: float) -> R
     for _ in range(cfg.memory_reps):
         with Service() as svc:
             assert svc.flight is not None
-            # warm up polars in the kernel (thread pool, code pages) on a small table first
+            # warm up polars in the measured flow's kernel (thread pool, code pages) on a
+            # small table first (with `KERNEL_ISOLATION=flow` another flow is another kernel)
             flight_put(svc.flight, ["tables", "warm"], table.slice(0, 10_000))
             svc.execute(
-                FILTER, node_id="warm", flow_id=70, inputs={"main": ["flight:///tables/warm"]}
+                FILTER.replace("'kept'", "'warm_kept'"),
+                node_id="warm",
+                flow_id=MEMORY_FLOW,
+                inputs={"main": ["flight:///tables/warm"]},
             )
             flight_put(svc.flight, ["tables", "mem"], table)
             filtered.append(_growth(svc, FILTER, "mem_filter", "tables/mem", "kept"))
@@ -136,7 +143,8 @@ def _memory(cfg: Config, key: str, kind: str, table: pa.Table, goal: float) -> R
         Side("table size", Spread.of([nbytes / MiB]), "MiB"),
         [
             f"{key}: table {rows:,} rows of {schema}, uploaded by do_put to a fresh service for "
-            f"each of {cfg.memory_reps} repetitions (polars warmed up on 10,000 rows first); "
+            f"each of {cfg.memory_reps} repetitions (polars warmed up on 10,000 rows in the "
+            "same kernel first); "
             f"filter `a > 0.99` keeps {kept_rows} rows "
             f"({int(kept_bytes or 0) / MiB:,.1f} MiB, held as an artifact while measured, and "
             "sampled until it reads persisted); "
@@ -223,7 +231,8 @@ def artifact(env: Env, cfg: Config) -> list[Result]:
 
 def leak(env: Env, cfg: Config) -> list[Result]:
     svc = env.service
-    proc = svc.kernel_process()
+    svc.execute_action(json.dumps({"node_id": "n0", "code": "x = 1", "flow_id": 9}).encode())
+    proc = svc.kernel_process(9)  # flow 9's own kernel, now that it has one
     payloads = [
         json.dumps({"node_id": f"n{i}", "code": "x = 1", "flow_id": 9}).encode() for i in range(100)
     ]

@@ -45,6 +45,8 @@ class Config:
     executions: int  # goal 9 (RSS compared with that after 100)
     persist_bytes: int  # goal 11: the published object
     persist_reps: int
+    new_flow_reps: int  # goal 12: first executions in new flows (each after a spare is ready)
+    idle_kernels: int  # goals 13, 13b: idle flow kernels measured (13b is for 20)
 
 
 FULL = Config(
@@ -64,6 +66,8 @@ FULL = Config(
     executions=10_000,
     persist_bytes=10_000_000,
     persist_reps=51,
+    new_flow_reps=21,
+    idle_kernels=20,
 )
 QUICK = Config(
     "quick",
@@ -82,6 +86,8 @@ QUICK = Config(
     executions=2_000,
     persist_bytes=10_000_000,
     persist_reps=21,
+    new_flow_reps=8,
+    idle_kernels=6,
 )
 TINY = Config(
     "tiny",
@@ -100,6 +106,8 @@ TINY = Config(
     executions=150,
     persist_bytes=1_000_000,
     persist_reps=2,
+    new_flow_reps=2,
+    idle_kernels=2,
 )
 CONFIGS = {c.name: c for c in (FULL, QUICK, TINY)}
 
@@ -162,5 +170,7 @@ def gb_s(nbytes: int, seconds: list[float]) -> Spread:
     return Spread.of([nbytes / s / 1e9 for s in seconds])
 
 
-def kernel_gc(svc: Service) -> None:
-    svc.execute("import gc\ngc.collect()", node_id="gc", flow_id=99)
+def kernel_gc(svc: Service, flow_id: int) -> None:
+    """A garbage collection in the kernel of `flow_id` (with `KERNEL_ISOLATION=flow` each
+    flow has a kernel of its own: a collection in another flow would not reach it)."""
+    svc.execute("import gc\ngc.collect()", node_id="gc", flow_id=flow_id)

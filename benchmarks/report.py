@@ -125,9 +125,12 @@ def markdown(results: list[Result], info: RunInfo, chart: str | None) -> str:
         "settings, or the service's own parquet path. The two are measured interleaved "
         f"(A B A B …); values are medians over the repetitions with [min {DASH} max]; a ratio "
         f"is the ratio of the medians with [min {DASH} max] of the per-pair ratios. Kernel "
-        "memory (pid from `/health`) is its private memory, `RssAnon` of /proc/<pid>/status "
-        "(pages of the store's mapped files are shared, not counted), for 7 and 7b, and its "
-        "RSS for 9.",
+        "memory (the measured flow's kernel, pid from `/health`'s kernels) is its private "
+        "memory, `RssAnon` of /proc/<pid>/status (pages of the store's mapped files are "
+        "shared, not counted), for 7 and 7b, and its RSS for 9; 13 and 13b count USS "
+        "(`Private_Clean` + `Private_Dirty` of /proc/<pid>/smaps_rollup, as `/memory` does). "
+        "12, 13 and 13b run on services of their own (`KERNEL_ISOLATION=flow`, "
+        "`KERNEL_MAX_KERNELS` above the flows they make, so no kernel is retired).",
         "",
         table(results),
         "",

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     size.add_argument(
         "--quick",
         action="store_true",
-        help="smaller sizes, fewer repetitions (under 2 minutes); writes quick.md",
+        help="smaller sizes, fewer repetitions (about 2 minutes); writes quick.md",
     )
     size.add_argument(
         "--tiny",

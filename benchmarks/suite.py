@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from benchmarks.flows import flows
 from benchmarks.latency import concurrency, latency
 from benchmarks.memory import artifact, leak, memory, persist
 from benchmarks.model import CONFIGS, TIMES, Config, Env, Result
@@ -25,6 +26,25 @@ FIGURES: dict[str, Callable[[Env, Config], list[Result]]] = {
     "artifact": artifact,  # 8
     "read": read,  # 10
     "persist": persist,  # 11
+    "flows": flows,  # 12, 13, 13b: on a service of their own, a kernel per flow
 }
 
-ORDER = ["1", "2", "3", "4", "4 p99", "5", "6", "6b", "7", "7b", "8", "9", "10", "11"]
+ORDER = [
+    "1",
+    "2",
+    "3",
+    "4",
+    "4 p99",
+    "5",
+    "6",
+    "6b",
+    "7",
+    "7b",
+    "8",
+    "9",
+    "10",
+    "11",
+    "12",
+    "13",
+    "13b",
+]

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from control.dataplane import DataPlane
 from control.handle import KernelHandle
 from control.processes import LocalKernelProcess
-from control.router import KernelRouter
+from control.router import FlowRouter, KernelRouter, SharedRouter
 from control.routes import open_router, require_token, router
 from control.schemas import ErrorBody
 from control.service import Service
@@ -109,8 +109,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def local_kernels(settings: Settings, store: Store) -> KernelRouter:
-    """The kernels of a service on this machine: one supervised child process."""
-    return KernelRouter(KernelHandle(LocalKernelProcess(settings, store), settings))
+    """The kernels of a service on this machine: supervised child processes, one per flow
+    (or one for every flow in `shared` isolation)."""
+    if settings.isolation == "shared":
+        return SharedRouter(KernelHandle(LocalKernelProcess(settings, store), settings))
+
+    def spare() -> KernelHandle:
+        return KernelHandle(LocalKernelProcess(settings, store, spare=True), settings)
+
+    return FlowRouter(spare, settings.max_kernels)
 
 
 def create_app(

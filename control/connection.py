@@ -10,12 +10,17 @@ objects not persisted yet); the store serves everything else without asking a ke
 from __future__ import annotations
 
 import json
+import queue
+import shutil
+import socket
 from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_kernel.auth import call_options
+from flight_kernel.channel import OK, read_frame, write_frames
+from flight_kernel.errors import ConnectionLost, DeadlineExceeded, decode_error
 from flight_kernel.flight_errors import client_errors
 
 
@@ -92,6 +97,73 @@ class KernelConnection:
 
     def close(self) -> None:
         self._client.close()
+
+
+class ChannelConnection(KernelConnection):
+    """A local kernel: its actions over its private channel (a Unix socket, one connection
+    per call in flight, kept for the next), its data over Flight."""
+
+    def __init__(self, channel: str, location: str, token: str | None = None) -> None:
+        super().__init__(location, token)
+        self.channel = channel
+        self._hello = (token or "").encode()
+        self._idle: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        self._closed = False
+
+    def _socket(self) -> socket.socket:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.channel)
+            write_frames(sock, self._hello)
+        except OSError as exc:
+            sock.close()
+            raise ConnectionLost(f"the kernel's channel {self.channel} refused: {exc}") from None
+        return sock
+
+    def call(
+        self, action: str, body: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> bytes:
+        payload = json.dumps(body or {}).encode()
+        sock = self._socket()
+        try:
+            sock.settimeout(timeout)
+            write_frames(sock, action.encode(), payload)
+            answer = read_frame(sock)
+        except TimeoutError:  # a late answer would desynchronize the connection: drop it
+            sock.close()
+            raise DeadlineExceeded(
+                f"kernel action {action!r} did not answer within {timeout:g} s"
+            ) from None
+        except (OSError, EOFError) as exc:
+            sock.close()
+            raise ConnectionLost(
+                f"kernel action {action!r}: the kernel went away ({exc})"
+            ) from None
+        if self._closed:
+            sock.close()
+        else:
+            self._idle.put(sock)
+        if answer[:1] == OK:
+            return answer[1:]
+        refused = json.loads(answer[1:])
+        raise decode_error(refused.get("kind"), str(refused.get("message", "")))
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break
+        super().close()
+
+    def remove(self) -> None:
+        """Remove the channel's directory (its kernel is dead: nobody else will)."""
+        shutil.rmtree(self.channel.rsplit("/", 1)[0], ignore_errors=True)
 
 
 def call_json(

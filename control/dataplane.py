@@ -19,10 +19,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from control.handle import KernelHandle
 from control.processes import StartFailed
+from control.router import each
 from control.service import Service, descriptions
 from flight_kernel.auth import BearerAuthMiddlewareFactory
-from flight_kernel.errors import InvalidRequest, KernelError
+from flight_kernel.errors import InvalidRequest, KernelError, NotFound
 from flight_kernel.flight_errors import server_errors
 from flight_kernel.kernel import check_uploadable
 from flight_kernel.paths import ArtifactPath, FlightPath, from_segments, parse_ticket
@@ -75,6 +77,18 @@ class DataPlane(flight.FlightServerBase):  # type: ignore[misc]
         file = found.file if found is not None and found.is_table else None
         return info, file
 
+    def _holder(self, path: ArtifactPath) -> KernelHandle:
+        """The kernel that holds a flow's live artifacts; a flow without one has only what
+        the store holds, and this is not in it."""
+        holder = self.service.kernels.holder(path.flow_id)
+        if holder is None:
+            names = [a.path.name for a in self.store.artifacts(path.flow_id)]
+            raise NotFound(
+                f"nothing stored at {path} (artifacts of flow {path.flow_id}: "
+                f"{', '.join(names) or 'none'})"
+            )
+        return holder
+
     # -- reads -----------------------------------------------------------------------------
 
     def do_get(self, context: Any, ticket: flight.Ticket) -> flight.FlightDataStream:
@@ -85,7 +99,7 @@ class DataPlane(flight.FlightServerBase):  # type: ignore[misc]
             table = self.store.artifact_table(path)
             if table is not None:
                 return flight.RecordBatchStream(table)
-            reader = self.service.kernels.for_flow(path.flow_id).read(str(path))
+            reader = self._holder(path).read(str(path))
             return flight.GeneratorStream(reader.schema, _relayed(reader, path))
 
     def get_flight_info(
@@ -98,7 +112,7 @@ class DataPlane(flight.FlightServerBase):  # type: ignore[misc]
             stored = self._stored_artifact(path)
             if stored is not None:
                 return self._flight_info(path, *stored)
-            live = self.service.kernels.for_flow(path.flow_id).info(str(path))
+            live = self._holder(path).info(str(path))
             return self._flight_info(path, _info_of(live), None)
 
     def list_flights(self, context: Any, criteria: bytes) -> Iterator[flight.FlightInfo]:
@@ -127,12 +141,7 @@ class DataPlane(flight.FlightServerBase):  # type: ignore[misc]
                 stored = self._stored_artifact(persisted.path)
                 if stored is not None:
                     found[str(persisted.path)] = self._flight_info(persisted.path, *stored)
-        for handle in self.service.kernels.all():
-            try:
-                live = handle.infos(prefix)
-            except KernelError as exc:
-                logger.info("list_flights lists the store's artifacts only: %s", exc)
-                continue
+        for live in each(self.service.kernels.all(), lambda h: _live_infos(h, prefix)):
             for info in live:
                 key = "/".join(p.decode() for p in info.descriptor.path)
                 if key.startswith("artifacts/") and key not in found:
@@ -168,6 +177,16 @@ class DataPlane(flight.FlightServerBase):  # type: ignore[misc]
 
     def list_actions(self, context: Any) -> list[tuple[str, str]]:
         return descriptions()
+
+
+def _live_infos(handle: KernelHandle, prefix: str) -> list[flight.FlightInfo]:
+    """A kernel's own listing (every kernel is asked at once); one that cannot answer now is
+    left out: the store lists what it persisted."""
+    try:
+        return handle.infos(prefix)
+    except KernelError as exc:
+        logger.info("list_flights lists the store's artifacts only: %s", exc)
+        return []
 
 
 def _info_of(info: flight.FlightInfo) -> TableInfo:

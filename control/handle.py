@@ -75,12 +75,35 @@ class KernelHandle:
         # The kernel generation each flow last heard from: a flow's first answer from a newer
         # one says that its kernel died in between.
         self._flow_generation: dict[int, int] = {}
+        # What a flow lost when an earlier kernel of it was retired, told on its next answer.
+        self._untold: dict[int, list[str]] = {}
 
     def start(self) -> None:
         self.process.start()
 
     def stop(self) -> None:
         self.process.stop()
+
+    def adopt(self, flow_id: int, lost: list[str] | None = None) -> None:
+        """This (spare) kernel now serves `flow_id`, which lost `lost` when its last kernel
+        was retired (None: it never had one)."""
+        self.process.adopt(flow_id)  # a kernel that dies now comes back serving the flow
+        if lost is not None:
+            with self._lock:
+                self._untold[flow_id] = lost
+        try:
+            self.call("adopt", {"flow_id": flow_id})
+        except (ConnectionLost, KernelUnavailable):  # its successor serves the flow from start
+            logger.info("the kernel died while adopting flow %s", flow_id)
+
+    def retire(self) -> list[str]:
+        """Stop this kernel for good (it persists what it can first); the artifacts lost."""
+        return [p.name for p in self.process.retire()]
+
+    def busy(self) -> bool:
+        """Whether an execution runs in this kernel (one that must not be retired)."""
+        with self._lock:
+            return bool(self._inflight)
 
     def status(self) -> KernelStatus:
         return self.process.status()
@@ -123,11 +146,13 @@ class KernelHandle:
             self._inflight[execution_id] = req
             heard = self._flow_generation.setdefault(req.flow_id, generation)
             self._flow_generation[req.flow_id] = generation
+            untold = self._untold.pop(req.flow_id, None)
         try:
             raw = conn.call("execute", req.model_dump(), timeout=limit)
-            if heard == generation:
+            if heard == generation and untold is None:
                 return raw
-            return _restarted_between(raw, self._lost_between(req.flow_id, heard, generation))
+            lost = (untold or []) + self._lost_between(req.flow_id, heard, generation)
+            return _restarted_between(raw, lost)
         except DeadlineExceeded:
             reason = (
                 f"Timeout: execution exceeded timeout_s={timeout:g} and ignored the interrupt "
@@ -291,7 +316,8 @@ class KernelHandle:
         death = self.process.death(generation, DEATH_REPORT_WAIT_S)
         self.process.connection()  # waits for the new kernel
         lost = [str(p) for p in death.lost_artifacts] if death is not None else []
-        return {"flow_id": None, "pid": self.process.status().pid, "lost_artifacts": lost}
+        status = self.process.status()
+        return {"flow_id": status.flow_id, "pid": status.pid, "lost_artifacts": lost}
 
     def health(self) -> tuple[str, dict[str, Any]]:
         """The kernel's own health body, and its state: `healthy`, `busy` (it did not answer

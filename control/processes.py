@@ -8,7 +8,6 @@ else runs (tests, another host). `KernelHandle` works over either.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -23,8 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from control.connection import Connection, KernelConnection, call_json
-from flight_kernel.__main__ import ANNOUNCE_FD, JOURNAL_FD, KERNEL_ID, TOKEN_FD
+from control.connection import ChannelConnection, Connection, call_json
 from flight_kernel.errors import (
     ConnectionLost,
     DeadlineExceeded,
@@ -33,7 +31,9 @@ from flight_kernel.errors import (
 )
 from flight_kernel.journal import StartJournal
 from flight_kernel.kernel import RESTART_EXIT_CODE
+from flight_kernel.parent import PARENT_PID
 from flight_kernel.paths import ArtifactPath
+from flight_kernel.process import ANNOUNCE_FD, FLOW_ID, JOURNAL_FD, KERNEL_ID, TOKEN_FD
 from flight_kernel.results import ErrorKind
 from flight_kernel.settings import Settings
 from flight_kernel.store import Store
@@ -77,6 +77,7 @@ class KernelStatus:
     state: str  # "healthy" or "starting"
     restarts: int
     pid: int | None
+    flow_id: int | None = None  # the flow it serves; None: every flow, or a spare
 
 
 class KernelProcess(Protocol):
@@ -117,6 +118,14 @@ class KernelProcess(Protocol):
         the code never ran, so it may go to the next kernel)."""
         ...
 
+    def adopt(self, flow_id: int) -> None:
+        """A spare becomes the kernel of `flow_id` (its next start serves that flow)."""
+        ...
+
+    def retire(self) -> tuple[ArtifactPath, ...]:
+        """Stop for good, letting the kernel persist what it can; what it could not persist."""
+        ...
+
     def status(self) -> KernelStatus: ...
 
 
@@ -153,6 +162,13 @@ class AttachedKernel:
     def started(self, generation: int, execution_id: str, since: int) -> bool:
         return True
 
+    def adopt(self, flow_id: int) -> None:
+        pass
+
+    def retire(self) -> tuple[ArtifactPath, ...]:
+        self.stop()
+        return ()
+
     def status(self) -> KernelStatus:
         return KernelStatus("healthy", 0, None)
 
@@ -163,11 +179,6 @@ def _alive(proc: subprocess.Popen[bytes]) -> bool:
         return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
     except ChildProcessError:  # reaped already
         return False
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _end_group(proc: subprocess.Popen[bytes]) -> None:
@@ -209,17 +220,29 @@ def _replaced(kernel: LocalKernelProcess, generation: int) -> Callable[[], bool]
 
 
 class LocalKernelProcess:
-    """Owns a kernel child process and restarts it whenever it dies."""
+    """Owns a kernel child process and restarts it whenever it dies.
+
+    It serves one flow (`flow_id`), every flow (`flow_id` None, `shared` isolation), or, as
+    a spare, none until it adopts one: what a death takes from the store (the markers of
+    unpersisted artifacts, half-written files) is that scope's only."""
 
     def __init__(
-        self, settings: Settings, store: Store, command: Sequence[str] | None = None
+        self,
+        settings: Settings,
+        store: Store,
+        command: Sequence[str] | None = None,
+        *,
+        flow_id: int | None = None,
+        spare: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.flow_id = flow_id
+        self.spare = spare
         self._command = list(command or [sys.executable, "-m", "flight_kernel"])
         self._cond = threading.Condition()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._conn: KernelConnection | None = None
+        self._conn: ChannelConnection | None = None
         self._generation = 0
         self._restarts = 0
         self._ready = False
@@ -283,6 +306,11 @@ class LocalKernelProcess:
         # Only the control process listens on the service's ports: the kernel takes a free
         # port on loopback, which it announces, for the control process alone.
         env.update({"KERNEL_HOST": "127.0.0.1", "KERNEL_FLIGHT_PORT": "0"})
+        with self._cond:
+            if self.spare:
+                env[FLOW_ID] = "spare"
+            elif self.flow_id is not None:
+                env[FLOW_ID] = str(self.flow_id)
         journal = StartJournal.create()
         env.update(
             {
@@ -290,6 +318,7 @@ class LocalKernelProcess:
                 TOKEN_FD: str(token_read),
                 JOURNAL_FD: str(journal.fd),
                 KERNEL_ID: kernel_id,
+                PARENT_PID: str(os.getpid()),
             }
         )
         try:
@@ -297,7 +326,6 @@ class LocalKernelProcess:
                 self._command,
                 env=env,
                 pass_fds=(write_fd, token_read, journal.fd),
-                preexec_fn=_die_with_parent,
                 start_new_session=True,  # its own process group, ended with it
             )
         finally:
@@ -327,7 +355,7 @@ class LocalKernelProcess:
             "kernel ready (pid %s, generation %s) on %s", proc.pid, self._generation, conn.location
         )
 
-    def _verify(self, proc: subprocess.Popen[bytes], fd: int, kernel_id: str) -> KernelConnection:
+    def _verify(self, proc: subprocess.Popen[bytes], fd: int, kernel_id: str) -> ChannelConnection:
         """Connect to the kernel that announced itself, checking that it is the one started."""
         deadline = time.monotonic() + self.settings.start_timeout_s
         announced = _read_announcement(fd, proc, deadline)
@@ -338,16 +366,20 @@ class LocalKernelProcess:
                 f"a process announced itself as pid {announced.get('pid')}, not as the kernel "
                 f"this service started (pid {proc.pid})"
             )
-        conn = KernelConnection(str(announced["location"]), self.settings.auth_token)
+        if not announced.get("channel") or not announced.get("location"):
+            raise StartFailed(f"the kernel announced no channel and location: {announced}")
+        conn = ChannelConnection(
+            str(announced["channel"]), str(announced["location"]), self.settings.auth_token
+        )
         try:
             health = call_json(conn, "health", timeout=max(1.0, deadline - time.monotonic()))
         except KernelError as exc:
             conn.close()
-            raise StartFailed(f"the kernel did not answer on {conn.location}: {exc}") from None
+            raise StartFailed(f"the kernel did not answer on {conn.channel}: {exc}") from None
         if health.get("kernel_id") != kernel_id or health.get("kernel_pid") != proc.pid:
             conn.close()
             raise StartFailed(
-                f"{conn.location} is answered by another process (pid "
+                f"{conn.channel} is answered by another process (pid "
                 f"{health.get('kernel_pid')}), not by the kernel this service started "
                 f"(pid {proc.pid})"
             )
@@ -370,10 +402,12 @@ class LocalKernelProcess:
                 return
             code = proc.wait()
             _end_group(proc)  # what it started dies with it
+            with self._cond:
+                if self._conn is not None:
+                    self._conn.remove()
             # What it had not persisted is gone: the store's markers say what, and go with
             # its half-written files, before the next kernel reads the store.
-            lost: tuple[ArtifactPath, ...] = tuple(self.store.take_lost())
-            self.store.sweep_written()
+            lost = self._take_lost()
             with self._cond:
                 if self._stopping:  # executions still running hear why at once
                     self._deaths[generation] = Death(
@@ -400,6 +434,24 @@ class LocalKernelProcess:
                 except Exception as exc:
                     logger.error("kernel restart failed: %s; retrying", exc)
                     time.sleep(1.0)
+
+    def _take_lost(self) -> tuple[ArtifactPath, ...]:
+        """What died unpersisted with this kernel, and its half-written files: its scope's."""
+        with self._cond:
+            spare, flow_id = self.spare, self.flow_id
+        if spare:  # it served no flow: nothing of anyone's is its
+            return ()
+        lost = tuple(self.store.take_lost(flow_id))
+        self.store.sweep_written(flow_id)
+        return lost
+
+    def adopt(self, flow_id: int) -> None:
+        with self._cond:
+            self.flow_id, self.spare = flow_id, False
+
+    def retire(self) -> tuple[ArtifactPath, ...]:
+        self.stop()  # SIGTERM: the kernel persists what it can first (`TERM_FLUSH_S`)
+        return self._take_lost()
 
     def stop(self) -> None:
         with self._cond:
@@ -480,4 +532,5 @@ class LocalKernelProcess:
                 "healthy" if self._ready else "starting",
                 self._restarts,
                 self._proc.pid if self._proc is not None else None,
+                self.flow_id,
             )

@@ -17,6 +17,7 @@ from control.schemas import (
     ExecuteResponse,
     HealthResponse,
     InterruptResponse,
+    MemoryResponse,
     RestartResponse,
 )
 from control.service import Service
@@ -111,6 +112,13 @@ async def restart(service: Served, req: FlowFilter | None = None) -> Response:
     """Restart the flow's kernel, or every kernel: running executions end with `KernelDied`,
     unpersisted artifacts go; the store stays."""
     return await _answer(service.restart, req or FlowFilter())
+
+
+@router.get("/memory", response_model=MemoryResponse)
+async def memory(service: Served) -> Response:
+    """Memory used and allowed (cgroup v2 or v1; `limit_bytes` 0 without a limit), the
+    store's bytes, and each kernel's RSS and private memory (USS)."""
+    return await _answer(service.memory)
 
 
 @router.post("/interrupt", response_model=InterruptResponse)

@@ -92,6 +92,21 @@ class HealthResponse(BaseModel):
     artifact_count: int | None = None
 
 
+class KernelMemory(BaseModel):
+    flow_id: int | None = Field(description="the flow it serves; null: every flow, or a spare")
+    pid: int
+    rss_bytes: int = Field(description="resident memory, shared library and store pages too")
+    uss_bytes: int = Field(description="private memory: what this kernel alone costs")
+
+
+class MemoryResponse(BaseModel):
+    used_bytes: int
+    limit_bytes: int = Field(description="the cgroup's limit; 0 when there is none")
+    usage_percent: float = Field(description="of the limit, or of the machine's memory")
+    store_bytes: int
+    kernels: list[KernelMemory]
+
+
 class ErrorBody(BaseModel):
     """A refusal: what was wrong, and its kind (NotFound, Conflict, ...)."""
 

@@ -3,7 +3,9 @@
 The HTTP routes and the Flight actions of the data plane call these methods with the same
 validated requests and send back the same JSON: a Flight-only client can do everything an
 HTTP client can. Each method asks the router for the kernel(s) it concerns; answers from
-several kernels are merged by the router.
+several kernels are merged by the router. A flow whose kernel was retired (or never
+started) lives in the store only: its listings and clears are answered from the store by a
+`Kernel` facade that never runs code or loads an object, so no kernel starts for them.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control.router import KernelRouter, merge_dicts_of_lists, merge_lists
+from control import memory
+from control.handle import KernelHandle
+from control.router import KernelRouter, each, fan_out, merge_dicts_of_lists, merge_lists
 from flight_kernel import __version__
+from flight_kernel.actions import handle as kernel_action
 from flight_kernel.errors import InvalidRequest
+from flight_kernel.kernel import Kernel
 from flight_kernel.paths import ArtifactPath, from_segments
 from flight_kernel.requests import (
     Body,
@@ -51,21 +57,45 @@ class Service:
 
     def interrupt(self, req: InterruptRequest) -> Any:
         if req.flow_id is not None:
-            return json.loads(self.kernels.for_flow(req.flow_id).interrupt(req))
-        return self.kernels.fan_out(lambda h: h.interrupt(req), merge_dicts_of_lists)
+            holder = self.kernels.holder(req.flow_id)  # no kernel: nothing of it runs
+            return json.loads(holder.interrupt(req)) if holder else {"interrupted": []}
+        merged = fan_out(self.kernels, lambda h: h.interrupt(req), merge_dicts_of_lists)
+        return {"interrupted": [], **merged}  # no kernel serves a flow yet: nothing runs
 
     def restart(self, req: FlowFilter) -> dict[str, Any]:
-        handles = (
-            [self.kernels.for_flow(req.flow_id)] if req.flow_id is not None else self.kernels.all()
-        )
-        return {"restarted": [h.restart() for h in handles]}
+        if req.flow_id is None:
+            handles = self.kernels.all()
+        else:  # a flow without a kernel has nothing to restart
+            holder = self.kernels.holder(req.flow_id)
+            handles = [holder] if holder is not None else []
+        return {"restarted": each(handles, lambda h: h.restart())}
 
     # -- artifacts and clearing ------------------------------------------------------------
 
+    def _from_store(self, action: str, body: dict[str, Any]) -> Any:
+        """An answer about flows that live in the store only (no kernel holds them)."""
+        flow_id = body.get("flow_id")
+        dormant = Kernel(self.settings, self.store, flow_id=flow_id)
+        if flow_id is None:  # every flow without a kernel: forget those that have one
+            held = {h.status().flow_id for h in self.kernels.all()}
+            for art in dormant.artifacts.find():
+                if art.flow_id in held:
+                    dormant.artifacts.forget(art)
+        return json.loads(kernel_action(dormant, action, json.dumps(body).encode()))
+
     def _on_flows(self, flow_id: int | None, action: str, body: dict[str, Any], merge: Any) -> Any:
         if flow_id is not None:
-            return self.kernels.for_flow(flow_id).call_json(action, body)
-        return self.kernels.fan_out(lambda h: h.call(action, body), merge)
+            holder = self.kernels.holder(flow_id)
+            if holder is None:
+                return self._from_store(action, body)
+            return holder.call_json(action, body)
+        if self.kernels.serves_every_flow:
+            return merge(each(self.kernels.all(), lambda h: json.loads(h.call(action, body))))
+
+        def own(handle: KernelHandle) -> Any:  # each kernel for its flow, the store the rest
+            return handle.call_json(action, {**body, "flow_id": handle.status().flow_id})
+
+        return merge([*each(self.kernels.all(), own), self._from_store(action, body)])
 
     def list_artifacts(self, req: ListArtifactsRequest) -> Any:
         body = {"flow_id": req.flow_id, "node_id": req.node_id}
@@ -82,7 +112,10 @@ class Service:
         """Remove one Flight path: a file of the store, or an artifact in its kernel."""
         path = from_segments(req.path.split("/"))
         if isinstance(path, ArtifactPath):
-            return dict(self.kernels.for_flow(path.flow_id).call_json("delete", req.model_dump()))
+            holder = self.kernels.holder(path.flow_id)
+            if holder is None:
+                return dict(self._from_store("delete", req.model_dump()))
+            return dict(holder.call_json("delete", req.model_dump()))
         self.store.delete(path)
         return {"deleted": str(path)}
 
@@ -90,42 +123,48 @@ class Service:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the service can serve, and the `/health` body: within a second, whatever
-        the kernels do (a busy one is reported with what it last said)."""
-        kernels = []
-        bodies = []
-        serving = False
-        for handle in self.kernels.all():
-            state, body = handle.health()
-            status = handle.status()
-            serving = serving or state != "starting"
-            bodies.append(body)
-            kernels.append(
-                {
-                    "flow_id": None,
-                    "pid": status.pid,
-                    "state": state,
-                    "restarts": status.restarts,
-                    "node": socket.gethostname(),
-                }
-            )
-        first = next((b for b in bodies if b), {})
-        counts = [b.get("artifact_count") for b in bodies]
+        the kernels do (every kernel is asked at once; a busy one is reported with what it
+        last said)."""
+        handles = self.kernels.kernels()
+        answers = each(handles, lambda h: (h.health(), h.status()))
+        kernels: list[dict[str, Any]] = [
+            {
+                "flow_id": status.flow_id,
+                "pid": status.pid,
+                "state": state,
+                "restarts": status.restarts,
+                "node": socket.gethostname(),
+            }
+            for (state, _), status in answers
+        ]
+        serving = any(k["state"] != "starting" for k in kernels)
+        bodies = [body for (_, body), _ in answers]
+        counts = [b.get("artifact_count") for b in bodies if b]  # a starting one holds none
+        stored = 0
+        if not self.kernels.serves_every_flow:  # flows that no kernel holds now
+            held = {k["flow_id"] for k in kernels}
+            stored = sum(1 for a in self.store.artifacts() if a.path.flow_id not in held)
+        artifacts = sum(c or 0 for c in counts) + stored
         body = {
-            **first,
             "status": "healthy" if serving else "starting",
             "version": __version__,
-            "artifact_count": sum(counts) if serving and None not in counts else None,
+            "isolation": self.settings.isolation,
+            "artifact_count": artifacts if serving and None not in counts else None,
             "table_count": self.store.count("tables"),
             "output_count": self.store.count("outputs"),
             "restarts": sum(k["restarts"] for k in kernels),
+            "running": [r for b in bodies for r in b.get("running", [])],
             "supervisor_pid": os.getpid(),
             "flight_location": self.flight_location,
             "kernels": kernels,
             "store": self.store.report(),
         }
-        if not serving:
-            body["kernel_pid"] = kernels[0]["pid"] if kernels else None
         return serving, body
+
+    def memory(self) -> dict[str, Any]:
+        """`/memory`: the container's use and limit, the store, and each kernel's memory."""
+        statuses = [h.status() for h in self.kernels.kernels()]
+        return memory.report(self.store.usage(), [(s.flow_id, s.pid) for s in statuses])
 
     # -- the Flight actions ----------------------------------------------------------------
 
@@ -150,6 +189,10 @@ def _health(service: Service, _: EmptyRequest) -> dict[str, Any]:
     return service.health()[1]
 
 
+def _memory(service: Service, _: EmptyRequest) -> dict[str, Any]:
+    return service.memory()
+
+
 ACTIONS: dict[str, Action] = {
     "execute": Action(ExecuteRequest, Service.execute, "run code: the /execute body and response"),
     "list_artifacts": Action(
@@ -172,6 +215,7 @@ ACTIONS: dict[str, Action] = {
         "restart kernels: {flow_id?}; running executions end with KernelDied",
     ),
     "health": Action(EmptyRequest, _health, "the /health body"),
+    "memory": Action(EmptyRequest, _memory, "the /memory body: use, limit, store, kernels"),
     "delete": Action(DeleteRequest, Service.delete, "remove one Flight path: {path}"),
 }
 

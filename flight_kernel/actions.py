@@ -16,6 +16,7 @@ from flight_kernel.errors import InvalidRequest
 from flight_kernel.kernel import Cleared, Kernel
 from flight_kernel.paths import from_segments
 from flight_kernel.requests import (
+    AdoptRequest,
     Body,
     ClearNodeArtifactsRequest,
     DeleteRequest,
@@ -87,6 +88,11 @@ ACTIONS: dict[str, Action] = {
         lambda k, r: _restart(k),
         "restart the kernel: {flow_id?}; running executions end with KernelDied",
     ),
+    "adopt": Action(
+        AdoptRequest,
+        lambda k, r: _adopt(k, r.flow_id),
+        "a spare kernel becomes the kernel of a flow: {flow_id}",
+    ),
     "health": Action(
         EmptyRequest,
         lambda k, r: dataclasses.asdict(k.health()),
@@ -104,6 +110,11 @@ def _delete(kernel: Kernel, raw: str) -> dict[str, str]:
     path = from_segments(raw.split("/"))
     kernel.delete(path)
     return {"deleted": str(path)}
+
+
+def _adopt(kernel: Kernel, flow_id: int) -> dict[str, int]:
+    kernel.adopt(flow_id)
+    return {"flow_id": flow_id}
 
 
 def _restart(kernel: Kernel) -> dict[str, Any]:

@@ -269,6 +269,12 @@ class ArtifactStore:
                     removed.append(a)
         return removed
 
+    def forget(self, art: Artifact) -> None:
+        """Drop an artifact from this map only; its files stay (another kernel holds it)."""
+        with self._lock:
+            if self._artifacts.get((art.flow_id, art.name)) is art:
+                del self._artifacts[(art.flow_id, art.name)]
+
     def clear_nodes(self, node_ids: list[str | int], flow_id: int | None = None) -> list[Artifact]:
         """Drop the artifacts the given nodes published (in one flow, or in all)."""
         wanted = {str(n) for n in node_ids}

@@ -127,6 +127,14 @@ def _compile(code: str, filename: str) -> CodeType:
     return _compile_cached(code, filename)
 
 
+QUERY_CANCEL_AFTER_S = 0.1  # how long an interrupted execution may take to stop by itself
+QUERY_CANCELLED = (
+    "Interrupted: a polars query of this execution was cancelled, because another execution "
+    "in the same kernel was interrupted while it ran (polars cancels every query of a "
+    "process on SIGINT)"
+)
+
+
 class Executor:
     """Runs executions and keeps track of the running ones for interrupts."""
 
@@ -148,6 +156,10 @@ class Executor:
         self._running: dict[str, ExecutionContext] = {}
         self.on_start: Callable[[str], None] | None = None  # told each execution's id
         self.before_end: Callable[[], None] | None = None  # e.g. deliver fd output still due
+        # Cancels the polars queries of the process (a kernel process sends itself SIGINT);
+        # None in-process, where that signal would reach the host program.
+        self.cancel_queries: Callable[[], None] | None = None
+        self._queries_cancelled = float("-inf")  # perf_counter of the last such cancel
 
     def run(self, req: ExecuteRequest) -> ExecutionResult:
         """Run one request to the end; user code failing is a result, not an exception."""
@@ -221,6 +233,8 @@ class Executor:
         if error is not None:
             if ctx.cancel_reason is not None and isinstance(error, KeyboardInterrupt):
                 message, kind = ctx.cancel_reason, ctx.cancel_kind
+            elif isinstance(error, KeyboardInterrupt) and self._queries_cancelled > ctx.started:
+                message, kind = QUERY_CANCELLED, ErrorKind.INTERRUPTED
             else:
                 message = _format_error(error)
                 kind = (
@@ -285,6 +299,12 @@ class Executor:
                 return False
             ctx.cancel_reason, ctx.cancel_kind = reason, kind
             _set_async_exc(ctx.thread_id, KeyboardInterrupt)
+        if self.cancel_queries is not None:
+            # Code inside a polars query hears no async exception until the query ends: if
+            # the execution still runs a moment later, cancel the process's queries.
+            timer = threading.Timer(QUERY_CANCEL_AFTER_S, self._cancel_queries, (ctx,))
+            timer.daemon = True
+            timer.start()
         logger.info(
             "execution %s (flow %s node %s): %s",
             ctx.execution_id,
@@ -293,6 +313,16 @@ class Executor:
             reason,
         )
         return True
+
+    def _cancel_queries(self, ctx: ExecutionContext) -> None:
+        with self._lock:
+            if ctx.done or self.cancel_queries is None:
+                return
+            self._queries_cancelled = time.perf_counter()
+        logger.info(
+            "cancelling the polars queries of this kernel for execution %s", ctx.execution_id
+        )
+        self.cancel_queries()
 
     def interrupt(
         self, req: InterruptRequest, reason: str = "Interrupted: execution interrupted on request"

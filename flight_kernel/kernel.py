@@ -74,6 +74,7 @@ class KernelHealth:
     running: tuple[RunningExecution, ...]
     uptime_s: float
     flight_location: str
+    flow_id: int | None = None
     version: str = __version__
     status: str = "healthy"
 
@@ -94,12 +95,17 @@ class Kernel:
     store: Store = None  # type: ignore[assignment]  # default: `Store.attach(settings)`
     kernel_id: str = ""
     location: str = ""  # where its Flight server listens, once it does
+    # The flow it serves (`flow` isolation); None: every flow (`shared`, and tests). A spare
+    # serves none until it adopts one.
+    flow_id: int | None = None
+    spare: bool = False
 
     def __post_init__(self) -> None:
         if self.store is None:
             self.store = Store.attach(self.settings)
         self.artifacts = ArtifactStore(self.store)
-        self.artifacts.recover()  # what an earlier kernel persisted is known again
+        if not self.spare:  # what an earlier kernel persisted is known again
+            self.artifacts.recover(self.flow_id)
         reader = InputReader(self.store, self.artifacts, self.settings.auth_token)
         self.executor = Executor(
             self.store,
@@ -112,8 +118,26 @@ class Kernel:
 
     # -- executions ------------------------------------------------------------------------
 
+    def adopt(self, flow_id: int) -> None:
+        """A spare becomes the kernel of `flow_id`: that flow's persisted artifacts are known."""
+        if self.flow_id == flow_id and not self.spare:  # restarted serving it already
+            return
+        if not self.spare:
+            raise InvalidRequest(f"this kernel serves {self._serves()} already")
+        self.flow_id, self.spare = flow_id, False
+        self.artifacts.recover(flow_id)
+
+    def _serves(self) -> str:
+        if self.spare:
+            return "no flow yet (a spare)"
+        return "every flow" if self.flow_id is None else f"flow {self.flow_id}"
+
     def execute(self, req: ExecuteRequest) -> ExecutionResult:
         """Run code; a node's re-execution first drops what it published before."""
+        if self.spare or self.flow_id not in (None, req.flow_id):  # the router's mistake
+            raise InvalidRequest(
+                f"flow {req.flow_id} sent to a kernel that serves {self._serves()}"
+            )
         self.artifacts.clear_nodes([req.node_id], req.flow_id)
         for path in self.store.paths(f"outputs/{req.flow_id}/{req.node_id}/"):
             self._delete_quietly(path)
@@ -136,6 +160,7 @@ class Kernel:
             running=tuple(self.executor.running()),
             uptime_s=round(time.monotonic() - self._started, 3),
             flight_location=self.location,
+            flow_id=self.flow_id,
         )
 
     # -- artifacts and clearing ------------------------------------------------------------

@@ -52,6 +52,12 @@ class FlowFilter(Body):
     flow_id: StrictInt | None = None
 
 
+class AdoptRequest(Body):
+    """Body of the kernel's `adopt` action: the flow a spare kernel now serves."""
+
+    flow_id: StrictInt
+
+
 class ListArtifactsRequest(Body):
     """Body of `list_artifacts`: optionally one flow's, optionally one node's."""
 

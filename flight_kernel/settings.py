@@ -9,6 +9,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+ISOLATIONS = ("flow", "shared")  # a kernel process per flow, or one for every flow
+
 
 class ConfigError(ValueError):
     """A `KERNEL_*` variable has a value that cannot be used; the message names both."""
@@ -53,6 +55,19 @@ def _size(raw: str) -> int:
     return value
 
 
+def _isolation(raw: str) -> str:
+    if raw not in ISOLATIONS:
+        raise ValueError(raw)
+    return raw
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
 def _level(raw: str) -> str:
     level = raw.upper()
     if level not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
@@ -78,6 +93,8 @@ class Settings:
     health_timeout_s: float = 60.0
     store_dir: str | None = None  # None: a private directory, removed at shutdown
     store_max_bytes: int | None = None  # None: 80% of the file system's free space at start
+    isolation: str = "flow"
+    max_kernels: int = 16  # flow kernels alive at once, spares not counted
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -113,6 +130,10 @@ class Settings:
             store_max_bytes=_read(
                 e, "KERNEL_STORE_MAX_BYTES", _size, d.store_max_bytes, "positive integer"
             ),
+            isolation=_read(
+                e, "KERNEL_ISOLATION", _isolation, d.isolation, "isolation (flow or shared)"
+            ),
+            max_kernels=_read(e, "KERNEL_MAX_KERNELS", _count, d.max_kernels, "positive integer"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -125,6 +146,7 @@ class Settings:
             "KERNEL_MAX_STREAM_BYTES": str(self.max_stream_bytes),
             "KERNEL_LOG_LEVEL": self.log_level,
             "KERNEL_INTERRUPT_GRACE_S": str(self.interrupt_grace_s),
+            "KERNEL_ISOLATION": self.isolation,
         }
         if self.exec_timeout_s is not None:
             env["KERNEL_EXEC_TIMEOUT_S"] = str(self.exec_timeout_s)

@@ -244,10 +244,12 @@ class Store:
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(root, name))
 
-    def sweep_written(self) -> None:
-        """Remove the half-written files of outputs and artifacts (a kernel died writing
-        them); uploads to `tables/` are the data plane's own and go on."""
+    def sweep_written(self, flow_id: int | None = None) -> None:
+        """Remove the half-written files of outputs and artifacts (of one flow, or all: a
+        kernel died writing them); uploads to `tables/` are the data plane's own and go on."""
         for top in ("outputs", "artifacts"):
+            if flow_id is not None:
+                top = os.path.join(top, encode(str(flow_id)))
             for root, _, files in os.walk(os.path.join(self.directory, top)):
                 for name in files:
                     if name.startswith(TEMPORARY):

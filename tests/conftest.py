@@ -14,7 +14,7 @@ from control.app import create_app
 from control.connection import KernelConnection
 from control.handle import KernelHandle
 from control.processes import AttachedKernel
-from control.router import KernelRouter
+from control.router import KernelRouter, SharedRouter
 from flight_kernel.kernel import Kernel
 from flight_kernel.server import KernelFlightServer
 from flight_kernel.settings import Settings
@@ -24,7 +24,7 @@ from tests.helpers import execute
 def attached(settings: Settings, location: str) -> KernelRouter:
     """Kernels for `create_app`: the one kernel that listens at `location`."""
     conn = KernelConnection(location, settings.auth_token)
-    return KernelRouter(KernelHandle(AttachedKernel(conn), settings))
+    return SharedRouter(KernelHandle(AttachedKernel(conn), settings))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pyarrow.flight as flight
 
 from control.handle import KernelHandle
 from control.processes import AttachedKernel
-from control.router import KernelRouter
+from control.router import KernelRouter, SharedRouter
 from flight_kernel.errors import NotFound
 from flight_kernel.settings import Settings
 
@@ -49,4 +49,4 @@ class FunctionConnection:
 
 def function_kernels(settings: Settings, handler: Handler) -> KernelRouter:
     """Kernels for `create_app` that answer every action with `handler`."""
-    return KernelRouter(KernelHandle(AttachedKernel(FunctionConnection(handler)), settings))
+    return SharedRouter(KernelHandle(AttachedKernel(FunctionConnection(handler)), settings))

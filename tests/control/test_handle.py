@@ -20,7 +20,9 @@ import pytest
 from control.connection import KernelConnection
 from control.handle import KernelHandle
 from control.processes import AttachedKernel, Death, KernelStatus, LocalKernelProcess, StartFailed
+from flight_kernel.channel import ChannelServer
 from flight_kernel.errors import ConnectionLost, KernelUnavailable
+from flight_kernel.paths import ArtifactPath
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
 from flight_kernel.results import ErrorKind
 from flight_kernel.settings import Settings
@@ -77,6 +79,12 @@ class FakeProcess:
 
     def started(self, generation: int, execution_id: str, since: int) -> bool:
         return True
+
+    def adopt(self, flow_id: int) -> None:
+        pass
+
+    def retire(self) -> tuple[ArtifactPath, ...]:
+        return ()
 
     def status(self) -> KernelStatus:
         return KernelStatus("healthy", 0, None)
@@ -240,10 +248,17 @@ def test_an_announcement_from_another_pid_is_refused():
     assert "announced itself as pid 1" in str(failure)
 
 
-def test_a_port_answered_by_someone_else_is_refused():
-    other = {"health": lambda body: {"kernel_id": "someone-else", "kernel_pid": 4242}}
-    with ScriptedServer(other) as server:
-        failure = _start(
-            [sys.executable, "-c", ANNOUNCER, json.dumps({"location": server.location})]
-        )
+def test_a_channel_answered_by_someone_else_is_refused():
+    answer = json.dumps({"kernel_id": "someone-else", "kernel_pid": 4242}).encode()
+    other = ChannelServer(lambda name, body: answer, None)
+    announced = {"location": "grpc://127.0.0.1:1", "channel": other.path}
+    try:
+        failure = _start([sys.executable, "-c", ANNOUNCER, json.dumps(announced)])
+    finally:
+        other.close()
     assert "is answered by another process (pid 4242)" in str(failure)
+
+
+def test_an_announcement_without_a_channel_is_refused():
+    failure = _start([sys.executable, "-c", ANNOUNCER, json.dumps({"location": "grpc://x:1"})])
+    assert "announced no channel" in str(failure)

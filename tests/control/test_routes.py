@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from control.app import create_app
 from control.handle import KernelHandle
 from control.processes import AttachedKernel
-from control.router import KernelRouter, merge_dicts_of_lists, merge_lists
+from control.router import SharedRouter, merge_dicts_of_lists, merge_lists
 from flight_kernel.results import ExecutionResult
 from flight_kernel.settings import Settings
 from tests.control.doubles import FunctionConnection
@@ -43,7 +43,7 @@ def kernel() -> Recorder:
 
 @pytest.fixture
 def http(kernel: Recorder) -> Iterator[TestClient]:
-    router = KernelRouter(KernelHandle(AttachedKernel(kernel.conn), SETTINGS))
+    router = SharedRouter(KernelHandle(AttachedKernel(kernel.conn), SETTINGS))
     with TestClient(create_app(SETTINGS, kernels=router)) as client:
         yield client
 

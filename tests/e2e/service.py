@@ -55,6 +55,25 @@ class Service:
 
         return poll(answer, timeout, "/health to answer 200", detail=self.log)
 
+    def kernel_pid(self, flow_id: int | None = 0, *, other_than: int | None = None) -> int:
+        """The pid of the healthy kernel that serves `flow_id` (and is not `other_than`: the
+        one it had before a restart); fails when there is none in time."""
+
+        def found() -> int | None:
+            for kernel in self.healthy()["kernels"]:
+                if kernel["flow_id"] == flow_id and kernel["state"] == "healthy":
+                    pid: int = kernel["pid"]
+                    return pid if pid != other_than else None
+            return None
+
+        return poll(found, START_DEADLINE_S, f"a kernel of flow {flow_id}", detail=self.log)
+
+    def flow_kernel(self, flow_id: int = 0) -> int:
+        """The pid of the kernel of `flow_id`, giving the flow one first (a no-op runs there)."""
+        if not any(k["flow_id"] == flow_id for k in self.healthy()["kernels"]):
+            self.execute("pass", node_id="start-the-kernel", flow_id=flow_id)
+        return self.kernel_pid(flow_id)
+
     def kernel_pids(self) -> list[int]:
         """The service's descendant processes: its kernel, normally."""
         return [child.pid for child in psutil.Process(self.proc.pid).children(recursive=True)]

@@ -41,7 +41,7 @@ def _threads() -> Iterator[ThreadPoolExecutor]:
 
 
 def test_sigint_to_its_own_process_interrupts_the_execution(service: Service) -> None:
-    pid = service.healthy()["kernel_pid"]
+    pid = service.flow_kernel()
     code = (
         "import os, signal\nprint('before')\nos.kill(os.getpid(), signal.SIGINT)\nwhile True: pass"
     )
@@ -52,7 +52,7 @@ def test_sigint_to_its_own_process_interrupts_the_execution(service: Service) ->
     assert result["error"] == "Interrupted: the kernel process received SIGINT"
     assert result["stdout"] == "before\n"
     assert result.get("kernel_restarted", False) is False
-    assert service.healthy()["kernel_pid"] == pid
+    assert service.kernel_pid() == pid
 
 
 def test_sigterm_to_its_own_process_is_reported_as_a_death(service: Service) -> None:
@@ -122,7 +122,9 @@ def test_health_answers_while_user_code_holds_the_gil(service: Service, tmp_path
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy"
-    assert [k["state"] for k in body["kernels"]] == ["busy"]
+    states = {k["flow_id"]: k["state"] for k in body["kernels"]}
+    assert states[0] == "busy"
+    assert states[None] in ("healthy", "starting")  # the next spare
 
 
 def test_an_interrupt_that_cannot_land_escalates_to_a_restart(
@@ -157,7 +159,7 @@ def test_a_bystander_of_a_timeout_restart_is_told_it_died_and_keeps_its_output(
         "    except KeyboardInterrupt:\n        pass\n"
     )
     with _threads() as pool:
-        waiting = pool.submit(service.execute, bystander, flow_id=2, node_id="b")
+        waiting = pool.submit(service.execute, bystander, flow_id=1, node_id="b")
         bystander_running.wait(LATCH_DEADLINE_S, "the bystander to run", detail=service.log)
         stuck = pool.submit(service.execute, culprit, flow_id=1, node_id="c", timeout_s=0.5)
         culprit_result = stuck.result(timeout=RESULT_DEADLINE_S)
@@ -175,9 +177,9 @@ def test_a_bystander_of_a_timeout_restart_is_told_it_died_and_keeps_its_output(
 def test_restart_ends_running_executions_and_starts_a_new_kernel(
     service: Service, tmp_path: Path
 ) -> None:
-    old_pid = service.healthy()["kernel_pid"]
     running = Latch(tmp_path / "running")
     service.execute("flowfile.publish_artifact('kept', 1)", flow_id=1, node_id="a")
+    old_pid = service.kernel_pid(1)
     wait_persisted(service, "kept")
     code = f"{running.set_code()}\nwhile True:\n    pass\n"
     with _threads() as pool:
@@ -189,7 +191,8 @@ def test_restart_ends_running_executions_and_starts_a_new_kernel(
 
     [restarted] = answer["restarted"]
     assert restarted["pid"] not in (None, old_pid)
-    assert service.healthy()["kernel_pid"] == restarted["pid"]
+    assert restarted["flow_id"] == 1
+    assert service.kernel_pid(1) == restarted["pid"]
     assert result["error"].startswith("KernelDied: the kernel was restarted during")
     assert "restart was requested" in result["error"]
     assert result["lost_state"] == []  # the artifact was persisted: the store keeps it
@@ -198,7 +201,7 @@ def test_restart_ends_running_executions_and_starts_a_new_kernel(
 
 
 def test_a_kernel_that_cannot_answer_health_is_restarted(service: Service) -> None:
-    old_pid = service.healthy()["kernel_pid"]
+    old_pid = service.flow_kernel()
 
     broken = service.http.post(
         "/execute", json={"node_id": "n", "code": "import json\njson.dumps = None"}
@@ -207,16 +210,16 @@ def test_a_kernel_that_cannot_answer_health_is_restarted(service: Service) -> No
     assert broken.status_code in (200, 500)  # its own answer may be the first casualty
 
     def restarted() -> dict[str, Any] | None:
-        body = service.healthy()
-        return body if body["kernel_pid"] != old_pid else None
+        kernels = service.healthy()["kernels"]
+        return next((k for k in kernels if k["flow_id"] == 0 and k["pid"] != old_pid), None)
 
-    body = poll(
+    kernel = poll(
         restarted,
         RESULT_DEADLINE_S,
         "the watchdog to restart the broken kernel",
         detail=service.log,
     )
-    assert body["restarts"] >= 1
+    assert kernel["restarts"] >= 1
     assert service.execute("print('fine')")["stdout"] == "fine\n"
 
 
@@ -225,7 +228,7 @@ def test_a_flows_first_answer_after_its_kernel_died_between_requests_says_so(
 ) -> None:
     code = "import threading\nflowfile.publish_artifact('live', threading.Lock())"
     assert service.execute(code, flow_id=5)["success"] is True
-    os.kill(service.healthy()["kernel_pid"], signal.SIGKILL)
+    os.kill(service.kernel_pid(5), signal.SIGKILL)
 
     first = service.execute("print('after')", flow_id=5)
     second = service.execute("print('again')", flow_id=5)

@@ -89,6 +89,7 @@ def test_kernel_death_is_answered_and_survived(service: Service, code: str, how:
     wait_persisted(service, "a")
     before = service.healthy()
     assert before["artifact_count"] == 2
+    pid = service.kernel_pid(1)
 
     result = service.execute(code, flow_id=1)
 
@@ -98,31 +99,30 @@ def test_kernel_death_is_answered_and_survived(service: Service, code: str, how:
     assert how in result["error"]
     assert result["lost_state"] == ["artifacts"]
     assert result["lost_artifacts"] == ["live"]  # the persisted one is kept
+    service.kernel_pid(1, other_than=pid)
     after = service.healthy()
     assert after["restarts"] == before["restarts"] + 1
-    assert after["kernel_pid"] != before["kernel_pid"]
     assert after["artifact_count"] == 1
     again = service.execute("print(flowfile.read_artifact('a') * 42)", flow_id=1)
     assert again["stdout"] == "42\n", again
 
 
 def test_kernel_death_between_requests_is_survived(service: Service) -> None:
-    pid = service.healthy()["kernel_pid"]
+    pid = service.flow_kernel()
 
     os.kill(pid, signal.SIGKILL)
     result = service.execute("print('after')")  # waits for the restart instead of failing
 
     assert result["success"] is True
     assert result["stdout"] == "after\n"
-    health = service.healthy()
-    assert health["restarts"] == 1
-    assert health["kernel_pid"] != pid
+    assert service.kernel_pid(other_than=pid)
+    assert service.healthy()["restarts"] == 1
 
 
 def test_health_says_starting_while_the_kernel_restarts(start_service, tmp_path: Path) -> None:
     gate = KernelStartGate(tmp_path / "gate")
-    service = start_service(**gate.env())
-    pid = service.healthy()["kernel_pid"]
+    service = start_service(KERNEL_ISOLATION="shared", **gate.env())
+    pid = service.kernel_pid(None)  # the one kernel: no flow of its own
     gate.close()
     os.kill(pid, signal.SIGKILL)
     gate.held.wait(START_DEADLINE_S, "the next kernel to start", detail=service.log)
@@ -134,7 +134,7 @@ def test_health_says_starting_while_the_kernel_restarts(start_service, tmp_path:
     assert starting.json()["status"] == "starting"
     after = service.healthy()
     assert after["restarts"] == 1
-    assert after["kernel_pid"] != pid
+    assert service.kernel_pid(None, other_than=pid)
 
 
 def test_timeout_stops_code_and_keeps_its_output(service: Service, tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_timeout_stops_code_and_keeps_its_output(service: Service, tmp_path: Pat
 
 def test_timeout_of_code_stuck_in_c_restarts_the_kernel(start_service, tmp_path: Path) -> None:
     service = start_service(KERNEL_INTERRUPT_GRACE_S=IMPATIENT_GRACE_S)
-    pid = service.healthy()["kernel_pid"]
+    pid = service.flow_kernel()
 
     result = _timed_out_past(
         service, tmp_path, lambda reached: STUCK_IN_C.format(reached=reached.set_code())
@@ -162,7 +162,7 @@ def test_timeout_of_code_stuck_in_c_restarts_the_kernel(start_service, tmp_path:
     assert result["success"] is False
     assert result["error"].startswith("Timeout")
     assert result["kernel_restarted"] is True
-    assert service.healthy()["kernel_pid"] != pid
+    assert service.kernel_pid(other_than=pid)
     assert service.execute("x = 1")["success"] is True
 
 
@@ -282,8 +282,10 @@ def test_sigterm_stops_accepting_lets_running_work_finish_and_leaves_no_process(
     start_service, tmp_path: Path
 ) -> None:
     service = start_service(KERNEL_SHUTDOWN_GRACE_S="120")  # the test says when work finishes
-    kernel_pid = service.healthy()["kernel_pid"]
-    assert service.kernel_pids() == [kernel_pid]
+    service.flow_kernel()  # the flow's kernel, and the spare that replaced it
+    service.kernel_pid(None)
+    kernels = sorted(k["pid"] for k in service.healthy()["kernels"])
+    assert sorted(service.kernel_pids()) == kernels
     running, may_finish = Latch(tmp_path / "running"), Latch(tmp_path / "may-finish")
     code = f"{running.set_code()}\n{may_finish.wait_code()}print('done')\n"
     with _threads() as pool:
@@ -303,4 +305,5 @@ def test_sigterm_stops_accepting_lets_running_work_finish_and_leaves_no_process(
     assert result["success"] is True, result
     assert result["stdout"] == "done\n"
     assert service.stop() == 0, service.log()
-    poll(lambda: _gone(kernel_pid), 30.0, f"the kernel (pid {kernel_pid}) to be gone")
+    for pid in kernels:
+        poll(lambda: _gone(pid), 30.0, f"the kernel (pid {pid}) to be gone")  # noqa: B023
