@@ -29,7 +29,7 @@ from flight_kernel.settings import Settings
 logger = logging.getLogger(__name__)
 
 DEATH_REPORT_WAIT_S = 10.0  # how long a lost call waits for the monitor to see the death
-QUICK_CALL_S = 1.0  # deadline of calls that must not wait on a busy kernel (interrupt, output)
+QUICK_CALL_S = 1.0  # deadline of calls that must not wait on a busy kernel (interrupt, listing)
 HEALTH_CALL_S = 0.8  # /health answers within 1 s, busy kernel or not
 
 
@@ -70,7 +70,6 @@ class KernelHandle:
         self.settings = settings
         self._lock = threading.Lock()
         self._inflight: dict[str, ExecuteRequest] = {}
-        self._printed: dict[str, tuple[str, str]] = {}  # output saved just before a kill
         self._last_health: dict[str, Any] = {}
         # The kernel generation each flow last heard from: a flow's first answer from a newer
         # one says that its kernel died in between.
@@ -158,7 +157,7 @@ class KernelHandle:
                 f"Timeout: execution exceeded timeout_s={timeout:g} and ignored the interrupt "
                 f"for {grace:g} s, so the kernel was restarted"
             )
-            self.kill(generation, conn, reason, ErrorKind.TIMEOUT, frozenset({execution_id}))
+            self.process.kill(generation, reason, ErrorKind.TIMEOUT, frozenset({execution_id}))
             return self._lost(generation, started, req)
         except ConnectionLost:
             never_ran = self.process.death(generation, DEATH_REPORT_WAIT_S) is not None and (
@@ -172,25 +171,6 @@ class KernelHandle:
         finally:
             with self._lock:
                 self._inflight.pop(execution_id, None)
-
-    def kill(
-        self,
-        generation: int,
-        conn: Connection,
-        reason: str,
-        kind: ErrorKind,
-        culprits: frozenset[str] = frozenset(),
-    ) -> None:
-        """Kill the kernel, first saving what its running executions printed so far."""
-        try:
-            running = call_json(conn, "output", timeout=QUICK_CALL_S)
-        except KernelError:  # stuck or gone: nothing more to save
-            running = []
-        with self._lock:  # only for the executions this handle will answer
-            for entry in running:
-                if entry["execution_id"] in self._inflight:
-                    self._printed[entry["execution_id"]] = (entry["stdout"], entry["stderr"])
-        self.process.kill(generation, reason, kind, culprits)
 
     def _lost_between(self, flow_id: int, first: int, last: int) -> list[str]:
         """The artifacts of a flow that died with the kernels of generations first..last-1."""
@@ -209,8 +189,7 @@ class KernelHandle:
         with self._lock:  # this flow is told now; its next answer comes from the next kernel
             self._flow_generation[req.flow_id] = generation + 1
         error, kind = self._why(death, req)
-        with self._lock:
-            stdout, stderr = self._printed.pop(req.execution_id or "", ("", ""))
+        stdout, stderr = self.process.printed(generation, req.execution_id or "")
         lost = [p.name for p in death.lost_artifacts if p.flow_id == req.flow_id]
         result = ExecutionResult.kernel_died(
             flow_id=req.flow_id,
@@ -303,16 +282,16 @@ class KernelHandle:
                 f"Interrupted: the execution ignored the interrupt for {grace:g} s, so the "
                 "kernel was restarted"
             )
-            self.kill(generation, conn, reason, ErrorKind.INTERRUPTED, frozenset(stuck))
+            self.process.kill(generation, reason, ErrorKind.INTERRUPTED, frozenset(stuck))
 
     def restart(self) -> dict[str, Any]:
         """Jupyter's "restart kernel": running executions end with `KernelDied`."""
-        generation, conn = self.process.connection()
+        generation, _ = self.process.connection()
         reason = (
             "KernelDied: the kernel was restarted during this execution: a restart was "
             "requested (POST /restart)"
         )
-        self.kill(generation, conn, reason, ErrorKind.KERNEL_DIED)
+        self.process.kill(generation, reason, ErrorKind.KERNEL_DIED)
         death = self.process.death(generation, DEATH_REPORT_WAIT_S)
         self.process.connection()  # waits for the new kernel
         lost = [str(p) for p in death.lost_artifacts] if death is not None else []

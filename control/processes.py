@@ -13,9 +13,11 @@ import logging
 import os
 import secrets
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from control.connection import ChannelConnection, Connection, call_json
+from flight_kernel import spool
 from flight_kernel.errors import (
     ConnectionLost,
     DeadlineExceeded,
@@ -33,7 +36,7 @@ from flight_kernel.journal import StartJournal
 from flight_kernel.kernel import RESTART_EXIT_CODE
 from flight_kernel.parent import PARENT_PID
 from flight_kernel.paths import ArtifactPath
-from flight_kernel.process import ANNOUNCE_FD, FLOW_ID, JOURNAL_FD, KERNEL_ID, TOKEN_FD
+from flight_kernel.process import ANNOUNCE_FD, FLOW_ID, JOURNAL_FD, KERNEL_ID, SPOOL_DIR, TOKEN_FD
 from flight_kernel.results import ErrorKind
 from flight_kernel.settings import Settings
 from flight_kernel.store import Store
@@ -126,6 +129,10 @@ class KernelProcess(Protocol):
         """Stop for good, letting the kernel persist what it can; what it could not persist."""
         ...
 
+    def printed(self, generation: int, execution_id: str) -> tuple[str, str]:
+        """What an execution of that (dead) generation printed: (stdout, stderr)."""
+        ...
+
     def status(self) -> KernelStatus: ...
 
 
@@ -169,6 +176,9 @@ class AttachedKernel:
         self.stop()
         return ()
 
+    def printed(self, generation: int, execution_id: str) -> tuple[str, str]:
+        return "", ""
+
     def status(self) -> KernelStatus:
         return KernelStatus("healthy", 0, None)
 
@@ -189,6 +199,7 @@ def _end_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 HEALTH_CHECK_EVERY_S = 2.0
+_SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 class StartFailed(RuntimeError):
@@ -251,6 +262,7 @@ class LocalKernelProcess:
         self._kill_reasons: dict[int, tuple[str, ErrorKind, frozenset[str]]] = {}
         self._monitor: threading.Thread | None = None
         self._journals: dict[int, StartJournal] = {}
+        self._spools: dict[int, str] = {}  # each generation's spool directory
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -312,11 +324,13 @@ class LocalKernelProcess:
             elif self.flow_id is not None:
                 env[FLOW_ID] = str(self.flow_id)
         journal = StartJournal.create()
+        spool_dir = tempfile.mkdtemp(prefix="kernel-spool-", dir=_SHM)
         env.update(
             {
                 ANNOUNCE_FD: str(write_fd),
                 TOKEN_FD: str(token_read),
                 JOURNAL_FD: str(journal.fd),
+                SPOOL_DIR: spool_dir,
                 KERNEL_ID: kernel_id,
                 PARENT_PID: str(os.getpid()),
             }
@@ -335,6 +349,7 @@ class LocalKernelProcess:
             conn = self._verify(proc, read_fd, kernel_id)
         except BaseException:
             journal.close()
+            shutil.rmtree(spool_dir, ignore_errors=True)
             _end_group(proc)
             proc.wait()
             raise
@@ -346,7 +361,9 @@ class LocalKernelProcess:
             self._generation += 1
             for generation in [g for g in self._journals if g <= self._generation - 4]:
                 self._journals.pop(generation).close()  # late answers only ask recent ones
+                shutil.rmtree(self._spools.pop(generation), ignore_errors=True)
             self._journals[self._generation] = journal
+            self._spools[self._generation] = spool_dir
             self._ready = True
             self._cond.notify_all()
         if old is not None:
@@ -472,6 +489,9 @@ class LocalKernelProcess:
             _end_group(proc)
         if conn is not None:
             conn.close()
+        with self._cond:
+            for directory in self._spools.values():
+                shutil.rmtree(directory, ignore_errors=True)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -525,6 +545,13 @@ class LocalKernelProcess:
         with self._cond:
             journal = self._journals.get(generation)
         return journal is None or journal.started_since(execution_id, since)
+
+    def printed(self, generation: int, execution_id: str) -> tuple[str, str]:
+        with self._cond:
+            directory = self._spools.get(generation)
+        if directory is None:
+            return "", ""
+        return spool.read(directory, execution_id, self.settings.max_stream_bytes)
 
     def status(self) -> KernelStatus:
         with self._cond:

@@ -75,14 +75,6 @@ ACTIONS: dict[str, Action] = {
         lambda k, r: {"interrupted": [dataclasses.asdict(e) for e in k.interrupt(r)]},
         "interrupt executions: {flow_id?, node_id?, execution_id?}",
     ),
-    "output": Action(
-        EmptyRequest,
-        lambda k, r: [
-            {"execution_id": i, "stdout": out, "stderr": err}
-            for i, out, err in k.executor.printed()
-        ],
-        "what the running executions printed so far",
-    ),
     "restart": Action(
         FlowFilter,
         lambda k, r: _restart(k),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 from flight_kernel.results import ErrorKind, LogRecord
+from flight_kernel.spool import SpoolFile, marker
 
 if TYPE_CHECKING:
     from flight_kernel.artifacts import ArtifactStore
@@ -28,41 +29,58 @@ if TYPE_CHECKING:
 
 
 class CappedBuffer:
-    """Text sink that keeps the first `limit` bytes and counts what it dropped."""
+    """Text sink that keeps the first `limit` bytes and counts what it dropped; with `spool`,
+    what it keeps is mirrored into a spool file (made on the first write) that outlives the
+    kernel's death (`flight_kernel.spool`)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, spool: Callable[[], SpoolFile] | None = None) -> None:
         self.limit = limit
         self._limit = limit
         self._parts: list[str] = []
         self._size = 0
         self.dropped = 0
         self._lock = threading.Lock()
+        self._spool = spool
+        self._spooled: SpoolFile | None = None
 
     def write(self, text: str) -> int:
-        n = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+        data = None if text.isascii() and self._spool is None else text.encode("utf-8", "replace")
+        n = len(text) if data is None else len(data)
         with self._lock:
             room = self._limit - self._size
             if n <= room:
-                self._parts.append(text)
+                kept = text
                 self._size += n
             else:
+                kept = ""
                 if room > 0:
-                    head = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
-                    self._parts.append(head)
+                    kept = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
                     self._size = self._limit
-                    n -= len(head.encode("utf-8"))
+                    n -= len(kept.encode("utf-8"))
                 self.dropped += n
+                data = None
+            if kept:
+                self._parts.append(kept)
+            if self._spool is not None:
+                if self._spooled is None:
+                    self._spooled = self._spool()
+                self._spooled.write(kept.encode("utf-8") if data is None else data, self.dropped)
         return len(text)
 
     def getvalue(self) -> str:
         with self._lock:
             text = "".join(self._parts)
             if self.dropped:
-                text += (
-                    f"\n[output truncated: {self.dropped} bytes dropped beyond the "
-                    f"{self._limit}-byte limit]\n"
-                )
+                text += marker(self.dropped, self._limit)
             return text
+
+    def close(self) -> None:
+        """The execution ended: its answer carries the text, the spool file goes."""
+        with self._lock:
+            if self._spooled is not None:
+                self._spooled.close()
+                self._spooled = None
+            self._spool = None
 
 
 @dataclass

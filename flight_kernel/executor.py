@@ -36,6 +36,7 @@ from flight_kernel.context import (
 from flight_kernel.inputs import InputReader
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
 from flight_kernel.results import ErrorKind, ExecutionResult, LogRecord
+from flight_kernel.spool import SpoolFile
 from flight_kernel.store import Store
 
 logger = logging.getLogger(__name__)
@@ -159,14 +160,18 @@ class Executor:
         # Cancels the polars queries of the process (a kernel process sends itself SIGINT);
         # None in-process, where that signal would reach the host program.
         self.cancel_queries: Callable[[], None] | None = None
+        # Where printed output is mirrored for the supervisor (`flight_kernel.spool`); None
+        # in-process, where nobody reads it after a death.
+        self.spool_dir: str | None = None
         self._queries_cancelled = float("-inf")  # perf_counter of the last such cancel
 
     def run(self, req: ExecuteRequest) -> ExecutionResult:
         """Run one request to the end; user code failing is a result, not an exception."""
         install_capture()
         sys.modules["flowfile"] = flowfile  # `import flowfile` in modules user code imports
+        execution_id = req.execution_id or os.urandom(16).hex()
         ctx = ExecutionContext(
-            execution_id=req.execution_id or os.urandom(16).hex(),
+            execution_id=execution_id,
             flow_id=req.flow_id,
             node_id=req.node_id,
             input_paths=req.input_paths,
@@ -174,8 +179,8 @@ class Executor:
             store=self._store,
             artifacts=self._artifacts,
             reader=self._reader,
-            stdout=CappedBuffer(self._max_stream_bytes),
-            stderr=CappedBuffer(self._max_stream_bytes),
+            stdout=CappedBuffer(self._max_stream_bytes, self._spool_of(execution_id, "stdout")),
+            stderr=CappedBuffer(self._max_stream_bytes, self._spool_of(execution_id, "stderr")),
         )
         filename = f"<node {req.node_id}>".replace("\x00", "\\x00")  # compile() refuses NUL
         timeout = req.timeout_s if req.timeout_s is not None else self._default_timeout_s
@@ -223,7 +228,16 @@ class Executor:
             with self._lock:
                 self._running.pop(ctx.execution_id, None)
             current.reset(token)
-        return self._result(ctx, req.code, error, filename)
+        result = self._result(ctx, req.code, error, filename)
+        ctx.stdout.close()
+        ctx.stderr.close()
+        return result
+
+    def _spool_of(self, execution_id: str, stream: str) -> Callable[[], SpoolFile] | None:
+        directory, limit = self.spool_dir, self._max_stream_bytes
+        if directory is None:
+            return None
+        return lambda: SpoolFile(directory, execution_id, stream, limit)
 
     def _result(
         self, ctx: ExecutionContext, code: str, error: BaseException | None, filename: str

@@ -37,6 +37,7 @@ ANNOUNCE_FD = "KERNEL_ANNOUNCE_FD"
 TOKEN_FD = "KERNEL_TOKEN_FD"  # the parent writes the auth token there, never into the env
 KERNEL_ID = "KERNEL_ID"
 JOURNAL_FD = "KERNEL_JOURNAL_FD"  # a `journal.StartJournal` shared with the parent
+SPOOL_DIR = "KERNEL_SPOOL_DIR"  # where printed output is mirrored (`flight_kernel.spool`)
 FLOW_ID = "KERNEL_FLOW_ID"  # the flow a kernel serves; "spare": none yet; unset: every flow
 TERM_FLUSH_S = 2.0  # how long a stopped kernel may go on persisting artifacts
 
@@ -130,6 +131,7 @@ def main() -> None:
     journal = os.environ.pop(JOURNAL_FD, None)
     if journal is not None:  # tells the parent which executions started, should this die
         kernel.executor.on_start = StartJournal(int(journal)).mark
+    kernel.executor.spool_dir = os.environ.pop(SPOOL_DIR, None)  # and what they printed
     _announce(
         {
             "pid": os.getpid(),

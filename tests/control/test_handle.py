@@ -55,6 +55,7 @@ class FakeProcess:
         self._conn = KernelConnection(location)
         self._death = death
         self.kills: list[tuple[str, ErrorKind]] = []
+        self.spooled: dict[str, tuple[str, str]] = {}  # what each execution printed
 
     def start(self) -> None:
         pass
@@ -85,6 +86,9 @@ class FakeProcess:
 
     def retire(self) -> tuple[ArtifactPath, ...]:
         return ()
+
+    def printed(self, generation: int, execution_id: str) -> tuple[str, str]:
+        return self.spooled.get(execution_id, ("", ""))
 
     def status(self) -> KernelStatus:
         return KernelStatus("healthy", 0, None)
