@@ -147,7 +147,13 @@ class KernelHandle:
             self._flow_generation[req.flow_id] = generation
             untold = self._untold.pop(req.flow_id, None)
         try:
-            raw = conn.call("execute", req.model_dump(), timeout=limit)
+            try:
+                raw = conn.call("execute", req.model_dump(), timeout=limit)
+            except KernelError:
+                if untold is not None:  # not told yet: the flow's next answer says it
+                    with self._lock:
+                        self._untold.setdefault(req.flow_id, untold)
+                raise
             if heard == generation and untold is None:
                 return raw
             lost = (untold or []) + self._lost_between(req.flow_id, heard, generation)

@@ -422,11 +422,9 @@ class LocalKernelProcess:
             with self._cond:
                 if self._conn is not None:
                     self._conn.remove()
-            # What it had not persisted is gone: the store's markers say what, and go with
-            # its half-written files, before the next kernel reads the store.
-            lost = self._take_lost()
             with self._cond:
-                if self._stopping:  # executions still running hear why at once
+                if self._stopping:  # executions still running hear why at once; what it
+                    # could not persist stays marked, for `retire` (or the next service)
                     self._deaths[generation] = Death(
                         code,
                         "KernelDied: the service shut down during this execution",
@@ -434,6 +432,10 @@ class LocalKernelProcess:
                     )
                     self._cond.notify_all()
                     return
+            # What it had not persisted is gone: the store's markers say what, and go with
+            # its half-written files, before the next kernel reads the store.
+            lost = self._take_lost()
+            with self._cond:
                 why = self._kill_reasons.pop(generation, None)
                 reason, kind, culprits = why if why is not None else (None, None, frozenset())
                 death = Death(code, reason, kind, culprits, lost)
