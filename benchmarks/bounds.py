@@ -120,22 +120,11 @@ BOUNDS: dict[str, str] = {
         "the /execute response (quick run)."
     ),
     "12": (
-        "the start of the next spare, which begins inside the first execution: "
-        "`FlowRouter._take_spare` starts its thread, whose `subprocess.Popen(..., "
-        "preexec_fn=_die_with_parent)` must fork() the control process (about 120 MB resident "
-        "and dozens of threads) where, without `preexec_fn`, it could vfork. On this VM such a "
-        "fork stalls the process's other threads: in a probe (a Python process of 160 MB "
-        "resident) Popen took 32 ms and another thread stalled 12.5 ms median (24 ms max), "
-        "against 1.5 and 0.4 ms without `preexec_fn`. A service with `_die_with_parent` "
-        "patched out (so Popen vforks) gave a first /execute p50 of 7.3 ms against 14.8 ms, in "
-        "24 pairs interleaved over two services at once. What is left over the 3 to 4 ms of an "
-        "existing flow is the `adopt` round trip and a fresh kernel's first call (the first "
-        "/execute after a /restart, no adopt and no spare start: 6.4 ms against 4.8 ms). "
-        "Existing flows are not slowed by a starting spare (3.7 against 3.5 ms while it "
-        "starts). Proposed fix (control/processes.py): drop `preexec_fn` and have the kernel "
-        "set PR_SET_PDEATHSIG itself first thing, checking `os.getppid()` against the parent "
-        "pid passed in its environment to close the race; or start the next spare only once "
-        "the adopting call has answered."
+        "not reproduced since the kernel sets PR_SET_PDEATHSIG itself (flight_kernel/parent.py) "
+        "and Popen vforks: 3.8 ms p50 in a quick run, against 17 to 23 ms when Popen needed a "
+        "`preexec_fn` and so forked the whole control process (32 ms per spawn in a probe, "
+        "stalling its other threads). What is left over an existing flow's 1.7 ms is the "
+        "`adopt` round trip, a fresh kernel's first call and the next spare's spawn."
     ),
     "13": (
         "not reproduced: an idle flow kernel is 49.5 to 49.6 MB of USS after `x = 1` (quick "

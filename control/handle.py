@@ -99,11 +99,6 @@ class KernelHandle:
         """Stop this kernel for good (it persists what it can first); the artifacts lost."""
         return [p.name for p in self.process.retire()]
 
-    def busy(self) -> bool:
-        """Whether an execution runs in this kernel (one that must not be retired)."""
-        with self._lock:
-            return bool(self._inflight)
-
     def status(self) -> KernelStatus:
         return self.process.status()
 

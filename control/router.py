@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -65,6 +65,10 @@ class KernelRouter(Protocol):
         """The kernel that holds `flow_id`'s live state now, if any (none is started)."""
         ...
 
+    def using(self, flow_id: int) -> contextlib.AbstractContextManager[KernelHandle]:
+        """`for_flow`, and the kernel is not retired until the block ends (executions)."""
+        ...
+
     def all(self) -> list[KernelHandle]:
         """Every kernel that serves flows, for calls that concern every flow."""
         ...
@@ -102,6 +106,10 @@ class SharedRouter:
     def holder(self, flow_id: int) -> KernelHandle | None:
         return self._shared
 
+    @contextlib.contextmanager
+    def using(self, flow_id: int) -> Iterator[KernelHandle]:
+        yield self._shared
+
     def all(self) -> list[KernelHandle]:
         return [self._shared]
 
@@ -129,6 +137,7 @@ class FlowRouter:
         self._adopting: dict[int, Future[KernelHandle]] = {}
         self._lost: dict[int, list[str]] = {}  # retired flows: what their next answer tells
         self._retiring: dict[int, Future[None]] = {}
+        self._leases: dict[int, int] = {}  # flows whose kernel a caller uses (an execution)
         self._spare: tuple[KernelHandle, Future[None]] | None = None
         self._stopping = False
 
@@ -166,17 +175,36 @@ class FlowRouter:
     # -- flows -----------------------------------------------------------------------------
 
     def for_flow(self, flow_id: int) -> KernelHandle:
+        return self._acquire(flow_id, lease=False)
+
+    @contextlib.contextmanager
+    def using(self, flow_id: int) -> Iterator[KernelHandle]:
+        handle = self._acquire(flow_id, lease=True)
+        try:
+            yield handle
+        finally:
+            with self._lock:
+                self._leases[flow_id] -= 1
+                if not self._leases[flow_id]:
+                    del self._leases[flow_id]
+
+    def _acquire(self, flow_id: int, lease: bool) -> KernelHandle:
+        """The flow's kernel (adopting the spare for a new flow); with `lease`, counted as in
+        use, under the same lock, so that it is not retired before the caller is done."""
         with self._lock:
             handle = self._flows.get(flow_id)
             if handle is not None:
                 self._flows.move_to_end(flow_id)
+                if lease:
+                    self._leases[flow_id] = self._leases.get(flow_id, 0) + 1
                 return handle
             pending = self._adopting.get(flow_id)
             if pending is None:
                 mine: Future[KernelHandle] = Future()
                 self._adopting[flow_id] = mine
         if pending is not None:  # another call of this flow is taking the spare
-            return pending.result()
+            pending.result()
+            return self._acquire(flow_id, lease)
         try:
             with self._lock:
                 retiring = self._retiring.get(flow_id)
@@ -194,6 +222,8 @@ class FlowRouter:
         with self._lock:
             self._flows[flow_id] = handle
             del self._adopting[flow_id]
+            if lease:
+                self._leases[flow_id] = self._leases.get(flow_id, 0) + 1
             retired = self._to_retire(keep=flow_id)
         mine.set_result(handle)
         for old_flow, old in retired:
@@ -203,13 +233,13 @@ class FlowRouter:
         return handle
 
     def _to_retire(self, keep: int) -> list[tuple[int, KernelHandle]]:
-        """The least recently used idle kernels beyond the bound, out of the map (lock held);
-        never `keep`, the flow that just got its kernel."""
+        """The least recently used kernels beyond the bound that no caller uses, out of the
+        map (lock held); never `keep`, the flow that just got its kernel."""
         retired = []
         for flow_id, handle in list(self._flows.items()):
             if len(self._flows) <= self._max:
                 break
-            if flow_id != keep and not handle.busy():
+            if flow_id != keep and not self._leases.get(flow_id):
                 del self._flows[flow_id]
                 self._retiring[flow_id] = Future()
                 retired.append((flow_id, handle))

@@ -53,7 +53,8 @@ class Service:
 
     def execute(self, req: ExecuteRequest) -> bytes:
         """Run code in the flow's kernel; the raw JSON result."""
-        return self.kernels.for_flow(req.flow_id).execute(req)
+        with self.kernels.using(req.flow_id) as handle:  # never retired while it runs
+            return handle.execute(req)
 
     def interrupt(self, req: InterruptRequest) -> Any:
         if req.flow_id is not None:

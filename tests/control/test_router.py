@@ -24,7 +24,6 @@ class FakeKernel:
         self.flow_id: int | None = None
         self.told: list[str] | None = None
         self.started = self.stopped = self.retired = False
-        self.inflight = 0
         self._lost = lost or []
         self._fail = fail
 
@@ -43,9 +42,6 @@ class FakeKernel:
     def retire(self) -> list[str]:
         self.retired = True
         return self._lost
-
-    def busy(self) -> bool:
-        return self.inflight > 0
 
     def call(self, action: str, body: object = None) -> bytes:
         return f'[{{"flow_id": {self.flow_id}}}]'.encode()
@@ -137,23 +133,47 @@ def test_beyond_the_bound_the_least_recently_used_idle_kernel_retires(router: Fl
     assert sorted(fake(h).flow_id or 0 for h in router.all()) == [1, 3]
 
 
-def test_a_busy_kernel_is_not_retired(router: FlowRouter) -> None:
-    one, two = fake(router.for_flow(1)), fake(router.for_flow(2))
-    one.inflight = 1  # least recently used, but running
+def test_a_kernel_in_use_is_not_retired(router: FlowRouter) -> None:
+    two = fake(router.for_flow(2))
+    with router.using(1) as used:  # least recently used once 2 and 3 came, but running
+        one = fake(used)
+        router.for_flow(2)
 
-    router.for_flow(3)
+        router.for_flow(3)
 
-    wait_retired(two, router, 2)
-    assert not one.retired
+        wait_retired(two, router, 2)
+        assert not one.retired
+    assert router.holder(1) is used
 
 
-def test_every_kernel_busy_lets_the_bound_be_exceeded(router: FlowRouter) -> None:
-    for flow in (1, 2):
-        fake(router.for_flow(flow)).inflight = 1
+def test_every_kernel_in_use_lets_the_bound_be_exceeded(router: FlowRouter) -> None:
+    with router.using(1), router.using(2):
+        router.for_flow(3)
 
-    router.for_flow(3)
+        assert sorted(fake(h).flow_id or 0 for h in router.all()) == [1, 2, 3]
 
-    assert sorted(fake(h).flow_id or 0 for h in router.all()) == [1, 2, 3]
+
+def test_a_kernel_is_retired_once_its_last_use_ended(router: FlowRouter) -> None:
+    with router.using(1) as used, router.using(1):
+        router.for_flow(2)
+        router.for_flow(3)
+    assert not fake(used).retired
+
+    router.for_flow(4)  # 1 is the least recently used, and nobody uses it now
+
+    wait_retired(fake(used), router, 1)
+
+
+def test_the_first_use_of_a_new_flow_is_counted_before_any_retirement() -> None:
+    maker = Maker()
+    router = FlowRouter(maker, max_kernels=1)
+    router.start()
+    with router.using(1) as first:
+        with router.using(2):  # 1 is in use: it stays, beyond the bound
+            assert router.holder(1) is first
+        router.for_flow(3)  # 2 is not in use any more: it goes, 1 still stays
+        wait_retired(maker.made[1], router, 2)
+        assert router.holder(1) is first
 
 
 def test_a_retired_flow_is_told_what_it_lost_by_its_next_kernel() -> None:
