@@ -6,11 +6,9 @@ built-in exceptions a Python programmer expects: `KeyError` and `ValueError`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -46,14 +44,22 @@ _LEVELS = {
 }
 
 
-@contextlib.contextmanager
-def _as_builtin_errors() -> Iterator[None]:
-    try:
-        yield
-    except NotFound as exc:
-        raise KeyError(exc.message) from None
-    except (Conflict, InvalidRequest, SerializationFailed) as exc:
-        raise ValueError(exc.message) from None
+class _as_builtin_errors:
+    """The kernel's refusals as the builtin errors user code expects. A class, not a
+    `contextlib.contextmanager`: the error is then raised from this module's frame, which
+    user tracebacks leave out, instead of from `contextlib`'s."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> Literal[False]:
+        if isinstance(exc, NotFound):
+            raise KeyError(exc.message) from None
+        if isinstance(exc, Conflict | InvalidRequest | SerializationFailed):
+            raise ValueError(exc.message) from None
+        return False
 
 
 def _input_entries(name: str) -> list[str]:

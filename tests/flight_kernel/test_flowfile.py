@@ -393,3 +393,11 @@ def test_unknown_log_level_is_refused(run_code):
     assert result["success"] is False
     assert result["error"].startswith("ValueError: ")
     assert "'LOUD'" in result["error"]
+
+
+def test_a_missing_artifacts_traceback_shows_only_the_users_code(run_code) -> None:
+    result = run_code("x = 1\nflowfile.read_artifact('nope')", flow_id=3)
+
+    assert result["error"].startswith("KeyError: ")
+    frames = [line for line in result["traceback"].splitlines() if line.startswith("  File")]
+    assert frames == ['  File "<node node_1>", line 2, in <module>']
