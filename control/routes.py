@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from control.schemas import (
     ArtifactRecord,
     ClearResponse,
+    DisplayOutput,
     ExecuteResponse,
     HealthResponse,
     InterruptResponse,
@@ -24,6 +25,7 @@ from control.service import Service
 from flight_kernel.errors import Unauthenticated
 from flight_kernel.requests import (
     ClearNodeArtifactsRequest,
+    DisplayOutputsRequest,
     ExecuteRequest,
     FlowFilter,
     InterruptRequest,
@@ -112,6 +114,15 @@ async def restart(service: Served, req: FlowFilter | None = None) -> Response:
     """Restart the flow's kernel, or every kernel: running executions end with `KernelDied`,
     unpersisted artifacts go; the store stays."""
     return await _answer(service.restart, req or FlowFilter())
+
+
+@router.get("/display_outputs", response_model=list[DisplayOutput])
+async def display_outputs(
+    service: Served, node_id: Annotated[str, Query()], flow_id: Annotated[int, Query()] = 0
+) -> Response:
+    """The display outputs of a node's last execution (`[]` if none)."""
+    req = DisplayOutputsRequest(flow_id=flow_id, node_id=node_id)
+    return await _answer(service.display_outputs, req)
 
 
 @router.get("/memory", response_model=MemoryResponse)

@@ -41,7 +41,9 @@ class ExecuteResponse(BaseModel):
     error_kind: ErrorKind | None = None
     traceback: str | None = Field(description="the user-code traceback")
     logs: list[LogRecord] = []
-    display_outputs: list[dict[str, Any]] = []
+    display_outputs: list[DisplayOutput] = Field(
+        [], description="what the code displayed, in order (Jupyter display_data bundles)"
+    )
     execution_time_ms: float
     kernel_restarted: bool = False
     lost_state: list[str] = Field(
@@ -90,6 +92,14 @@ class HealthResponse(BaseModel):
     status: str
     version: str
     artifact_count: int | None = None
+
+
+class DisplayOutput(BaseModel):
+    """A Jupyter `display_data` bundle."""
+
+    data: dict[str, Any] = Field(description="MIME type -> payload (images in base64)")
+    metadata: dict[str, Any] = {}
+    title: str = ""
 
 
 class KernelMemory(BaseModel):

@@ -29,6 +29,7 @@ from flight_kernel.requests import (
     Body,
     ClearNodeArtifactsRequest,
     DeleteRequest,
+    DisplayOutputsRequest,
     EmptyRequest,
     ExecuteRequest,
     FlowFilter,
@@ -101,6 +102,11 @@ class Service:
     def list_artifacts(self, req: ListArtifactsRequest) -> Any:
         body = {"flow_id": req.flow_id, "node_id": req.node_id}
         return self._on_flows(req.flow_id, "list_artifacts", body, merge_lists)
+
+    def display_outputs(self, req: DisplayOutputsRequest) -> Any:
+        """A node's last display outputs, from its flow's kernel (none without a kernel)."""
+        holder = self.kernels.holder(req.flow_id)
+        return holder.call_json("display_outputs", req.model_dump()) if holder else []
 
     def clear(self, req: FlowFilter) -> Any:
         return self._on_flows(req.flow_id, "clear", {"flow_id": req.flow_id}, merge_dicts_of_lists)
@@ -216,6 +222,11 @@ ACTIONS: dict[str, Action] = {
         "restart kernels: {flow_id?}; running executions end with KernelDied",
     ),
     "health": Action(EmptyRequest, _health, "the /health body"),
+    "display_outputs": Action(
+        DisplayOutputsRequest,
+        Service.display_outputs,
+        "a node's last display outputs: {flow_id, node_id}",
+    ),
     "memory": Action(EmptyRequest, _memory, "the /memory body: use, limit, store, kernels"),
     "delete": Action(DeleteRequest, Service.delete, "remove one Flight path: {path}"),
 }

@@ -20,6 +20,7 @@ from flight_kernel.requests import (
     Body,
     ClearNodeArtifactsRequest,
     DeleteRequest,
+    DisplayOutputsRequest,
     EmptyRequest,
     ExecuteRequest,
     FlowFilter,
@@ -79,6 +80,11 @@ ACTIONS: dict[str, Action] = {
         FlowFilter,
         lambda k, r: _restart(k),
         "restart the kernel: {flow_id?}; running executions end with KernelDied",
+    ),
+    "display_outputs": Action(
+        DisplayOutputsRequest,
+        lambda k, r: k.display_outputs(r.flow_id, r.node_id),
+        "the display outputs of a node's last execution: {flow_id, node_id}",
     ),
     "adopt": Action(
         AdoptRequest,

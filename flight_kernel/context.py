@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flight_kernel.results import ErrorKind, LogRecord
 from flight_kernel.spool import SpoolFile, marker
@@ -101,6 +101,9 @@ class ExecutionContext:
     published_artifacts: list[str] = field(default_factory=list)
     deleted_artifacts: list[str] = field(default_factory=list)
     logs: list[LogRecord] = field(default_factory=list)
+    displays: list[dict[str, Any]] = field(default_factory=list)  # display_data bundles
+    display_bytes: int = 0
+    displays_dropped: int = 0
     unnamed_outputs: int = 0
     # names published or being published: one name is one output per execution (SPEC §5)
     output_names: set[str] = field(default_factory=set)

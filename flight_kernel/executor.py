@@ -8,6 +8,7 @@ or catching it) is ended by the supervisor restarting the kernel.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import ctypes
 import functools
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import CodeType, TracebackType
 
-from flight_kernel import flowfile
+from flight_kernel import display, flowfile
 from flight_kernel.artifacts import ArtifactStore
 from flight_kernel.context import (
     CappedBuffer,
@@ -116,16 +117,45 @@ def _user_traceback(exc: BaseException, filename: str) -> str:
 MAX_CACHED_SOURCE = 64 * 1024  # pipelines re-run small node code; large sources are rare
 
 
+Compiled = tuple[CodeType, CodeType | None]  # the code, and its final expression (interactive)
+_NOT_SHOWN = ("print", "display")  # final calls whose value a notebook does not display
+
+
+def _shown_last(tree: ast.Module) -> ast.expr | None:
+    """The final bare expression that interactive mode displays, if there is one."""
+    last = tree.body[-1] if tree.body else None
+    if not isinstance(last, ast.Expr):
+        return None
+    call = last.value
+    if isinstance(call, ast.Call):
+        func = call.func
+        name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+        if name in _NOT_SHOWN:
+            return None
+    return last.value
+
+
+def _compile_now(code: str, filename: str, interactive: bool) -> Compiled:
+    if not interactive:
+        return compile(code, filename, "exec"), None
+    tree = ast.parse(code, filename, "exec")
+    last = _shown_last(tree)
+    if last is None:
+        return compile(tree, filename, "exec"), None
+    body = ast.Module(body=tree.body[:-1], type_ignores=[])
+    return compile(body, filename, "exec"), compile(ast.Expression(last), filename, "eval")
+
+
 @functools.lru_cache(maxsize=256)
-def _compile_cached(code: str, filename: str) -> CodeType:
-    return compile(code, filename, "exec")
+def _compile_cached(code: str, filename: str, interactive: bool) -> Compiled:
+    return _compile_now(code, filename, interactive)
 
 
-def _compile(code: str, filename: str) -> CodeType:
+def _compile(code: str, filename: str, interactive: bool = False) -> Compiled:
     """Compile once what pipelines re-run; the cache holds at most 256 x 64 KiB of source."""
     if len(code) > MAX_CACHED_SOURCE:
-        return compile(code, filename, "exec")
-    return _compile_cached(code, filename)
+        return _compile_now(code, filename, interactive)
+    return _compile_cached(code, filename, interactive)
 
 
 QUERY_CANCEL_AFTER_S = 0.1  # how long an interrupted execution may take to stop by itself
@@ -202,14 +232,19 @@ class Executor:
                     self._running[ctx.execution_id] = ctx
                 if self.on_start is not None:
                     self.on_start(ctx.execution_id)
-                compiled = _compile(req.code, filename)
+                compiled, last = _compile(req.code, filename, req.interactive)
                 namespace = {
                     "__name__": "__main__",
                     "__builtins__": dict(_BUILTINS),
                     "flowfile": flowfile,
                 }
                 exec(compiled, namespace)
+                if last is not None:  # interactive: the final expression's value is shown
+                    value = eval(last, namespace)
+                    if value is not None:
+                        display.show(ctx, value)
             finally:
+                display.show_figures(ctx)  # also when the code failed
                 if self.before_end is not None:
                     try:
                         self.before_end()
@@ -303,6 +338,7 @@ class Executor:
             error_kind=kind,
             traceback=None if trace is None else cap_text(trace, limit),
             logs=logs,
+            display_outputs=display.finished(ctx),
             execution_time_ms=round(elapsed_ms, 3),
         )
 

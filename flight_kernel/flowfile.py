@@ -14,12 +14,14 @@ import polars as pl
 
 from flight_kernel import outputs
 from flight_kernel.context import require_context
+from flight_kernel.display import show
 from flight_kernel.errors import Conflict, InvalidRequest, NotFound, SerializationFailed
 from flight_kernel.paths import check_segment
 from flight_kernel.results import LogRecord
 
 __all__ = [
     "delete_artifact",
+    "display",
     "list_artifacts",
     "log",
     "log_error",
@@ -141,6 +143,13 @@ def delete_artifact(name: str) -> None:
         ctx.published_artifacts.remove(name)
     if name not in ctx.deleted_artifacts:
         ctx.deleted_artifacts.append(name)
+
+
+def display(obj: Any, title: str = "") -> None:
+    """Show `obj` in the response's `display_outputs`, as a notebook shows it: a MIME bundle
+    from its `_repr_*_` methods (a polars frame as HTML and text, a matplotlib figure as PNG).
+    Displays beyond the output cap are dropped, and the last one says how many."""
+    show(require_context(), obj, str(title))
 
 
 def log(message: Any, level: str = "INFO") -> None:

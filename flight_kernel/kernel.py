@@ -14,8 +14,10 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 # A kernel asked to restart over its own Flight port exits with this code; its supervisor
 # reports it as restarted on request and starts the next one.
 RESTART_EXIT_CODE = 75
+MAX_DISPLAYED_NODES = 1000  # nodes whose last display outputs a kernel keeps
 
 
 def check_uploadable(path: FlightPath) -> None:
@@ -115,6 +118,9 @@ class Kernel:
             default_timeout_s=self.settings.exec_timeout_s,
         )
         self._started = time.monotonic()
+        # Each node's last display outputs (GET /display_outputs), the most recent nodes kept.
+        self._displays_lock = threading.Lock()
+        self._displays: OrderedDict[tuple[int, str], list[dict[str, Any]]] = OrderedDict()
 
     # -- executions ------------------------------------------------------------------------
 
@@ -141,7 +147,19 @@ class Kernel:
         self.artifacts.clear_nodes([req.node_id], req.flow_id)
         for path in self.store.paths(f"outputs/{req.flow_id}/{req.node_id}/"):
             self._delete_quietly(path)
-        return self.executor.run(req)
+        result = self.executor.run(req)
+        key = (req.flow_id, str(req.node_id))
+        with self._displays_lock:
+            self._displays[key] = result.display_outputs
+            self._displays.move_to_end(key)
+            while len(self._displays) > MAX_DISPLAYED_NODES:
+                self._displays.popitem(last=False)
+        return result
+
+    def display_outputs(self, flow_id: int, node_id: str | int) -> list[dict[str, Any]]:
+        """The display outputs of a node's last execution (`[]` if none)."""
+        with self._displays_lock:
+            return list(self._displays.get((flow_id, str(node_id)), []))
 
     def interrupt(self, req: InterruptRequest) -> list[RunningExecution]:
         return self.executor.interrupt(req)
@@ -171,7 +189,10 @@ class Kernel:
         return [a.record() for a in self.artifacts.find(flow_id, node_id)]
 
     def clear(self, flow_id: int | None = None) -> Cleared:
-        """Drop everything, or one flow's artifacts and outputs."""
+        """Drop everything, or one flow's artifacts, outputs and display outputs."""
+        with self._displays_lock:
+            for key in [k for k in self._displays if flow_id is None or k[0] == flow_id]:
+                del self._displays[key]
         arts = self.artifacts.clear(flow_id)
         outputs = self.store.paths("outputs/" if flow_id is None else f"outputs/{flow_id}/")
         tables = self.store.paths("tables/") if flow_id is None else []

@@ -92,6 +92,7 @@ def _flow() -> tuple[int | None, bool]:
 
 
 def main() -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures render to PNG displays, never a window
     settings = _settings()
     flow_id, spare = _flow()
     kernel = Kernel(settings, kernel_id=os.environ.pop(KERNEL_ID, ""), flow_id=flow_id, spare=spare)

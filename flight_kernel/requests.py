@@ -11,7 +11,7 @@ import threading
 from typing import TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from flight_kernel.errors import InvalidRequest
 
@@ -44,12 +44,22 @@ class ExecuteRequest(Body):
     execution_id: StrictStr | None = Field(
         None, min_length=1, description="names this execution for /interrupt; minted if absent"
     )
+    interactive: StrictBool = Field(
+        False, description="display the value of a final bare expression, as a notebook does"
+    )
 
 
 class FlowFilter(Body):
     """Body of `clear`: one flow, or every flow when absent."""
 
     flow_id: StrictInt | None = None
+
+
+class DisplayOutputsRequest(Body):
+    """Query of `GET /display_outputs`: one node of one flow."""
+
+    flow_id: StrictInt = 0
+    node_id: NodeId
 
 
 class AdoptRequest(Body):

@@ -492,6 +492,17 @@ def test_action_bodies_are_json_like_the_http_answers(client, public):
     )
 
 
+def test_display_outputs_and_memory_are_actions_too(client, public):
+    run(client, "flowfile.display('shown')", flow_id=6, node_id="d")
+
+    shown = flight_action(public, "display_outputs", {"flow_id": 6, "node_id": "d"})
+    memory = flight_action(public, "memory", {})
+
+    assert shown == client.get("/display_outputs", params={"flow_id": 6, "node_id": "d"}).json()
+    assert [d["data"]["text/plain"] for d in shown] == ["shown"]
+    assert set(memory) == {"used_bytes", "limit_bytes", "usage_percent", "store_bytes", "kernels"}
+
+
 # -- what the store serves without a kernel, and what only a kernel can --------------------
 
 
