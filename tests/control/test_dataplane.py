@@ -484,6 +484,11 @@ def test_with_a_token_a_client_with_it_is_served(guarded):
 
 def test_action_bodies_are_json_like_the_http_answers(client, public):
     run(client, "flowfile.publish_artifact('m', 1)", flow_id=6)
+    poll(  # persisted behind the execution: the two listings must not straddle that
+        lambda: client.get("/artifacts", params={"flow_id": 6}).json()[0]["persisted"],
+        10.0,
+        "artifact m to be persisted",
+    )
     raw = list(public.do_action(flight.Action("list_artifacts", b'{"flow_id": 6}')))
     assert len(raw) == 1
     assert (
