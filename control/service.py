@@ -19,7 +19,14 @@ from typing import Any
 
 from control import memory
 from control.handle import KernelHandle
-from control.router import KernelRouter, each, fan_out, merge_dicts_of_lists, merge_lists
+from control.router import (
+    KernelRouter,
+    Merge,
+    each,
+    fan_out,
+    merge_dicts_of_lists,
+    merge_lists,
+)
 from flight_kernel import __version__
 from flight_kernel.actions import handle as kernel_action
 from flight_kernel.errors import InvalidRequest
@@ -74,30 +81,34 @@ class Service:
 
     # -- artifacts and clearing ------------------------------------------------------------
 
-    def _from_store(self, action: str, body: dict[str, Any]) -> Any:
-        """An answer about flows that live in the store only (no kernel holds them)."""
-        flow_id = body.get("flow_id")
+    def _from_store(self, flow_id: int | None, action: str, body: dict[str, Any]) -> Any:
+        """An answer about flows that live in the store only (no kernel holds them): one
+        flow's, or (None) those of every flow without a kernel."""
         dormant = Kernel(self.settings, self.store, flow_id=flow_id)
-        if flow_id is None:  # every flow without a kernel: forget those that have one
+        if flow_id is None:  # forget the flows a kernel holds: it answers for them
             held = {h.status().flow_id for h in self.kernels.all()}
             for art in dormant.artifacts.find():
                 if art.flow_id in held:
                     dormant.artifacts.forget(art)
         return json.loads(kernel_action(dormant, action, json.dumps(body).encode()))
 
-    def _on_flows(self, flow_id: int | None, action: str, body: dict[str, Any], merge: Any) -> Any:
+    def _on_flows(
+        self, flow_id: int | None, action: str, body: dict[str, Any], merge: Merge
+    ) -> Any:
+        """An action on one flow's kernel (or the store, when no kernel holds the flow), or on
+        every flow: each kernel for its own, the store for the rest, merged."""
         if flow_id is not None:
             holder = self.kernels.holder(flow_id)
             if holder is None:
-                return self._from_store(action, body)
+                return self._from_store(flow_id, action, body)
             return holder.call_json(action, body)
         if self.kernels.serves_every_flow:
-            return merge(each(self.kernels.all(), lambda h: json.loads(h.call(action, body))))
+            return fan_out(self.kernels, lambda h: h.call(action, body), merge)
 
-        def own(handle: KernelHandle) -> Any:  # each kernel for its flow, the store the rest
+        def own(handle: KernelHandle) -> Any:
             return handle.call_json(action, {**body, "flow_id": handle.status().flow_id})
 
-        return merge([*each(self.kernels.all(), own), self._from_store(action, body)])
+        return merge([*each(self.kernels.all(), own), self._from_store(None, action, body)])
 
     def list_artifacts(self, req: ListArtifactsRequest) -> Any:
         body = {"flow_id": req.flow_id, "node_id": req.node_id}
@@ -119,10 +130,7 @@ class Service:
         """Remove one Flight path: a file of the store, or an artifact in its kernel."""
         path = from_segments(req.path.split("/"))
         if isinstance(path, ArtifactPath):
-            holder = self.kernels.holder(path.flow_id)
-            if holder is None:
-                return dict(self._from_store("delete", req.model_dump()))
-            return dict(holder.call_json("delete", req.model_dump()))
+            return dict(self._on_flows(path.flow_id, "delete", req.model_dump(), merge_lists))
         self.store.delete(path)
         return {"deleted": str(path)}
 
@@ -150,7 +158,7 @@ class Service:
         stored = 0
         if not self.kernels.serves_every_flow:  # flows that no kernel holds now
             held = {k["flow_id"] for k in kernels}
-            stored = sum(1 for a in self.store.artifacts() if a.path.flow_id not in held)
+            stored = sum(n for f, n in self.store.artifact_counts().items() if f not in held)
         artifacts = sum(c or 0 for c in counts) + stored
         body = {
             "status": "healthy" if serving else "starting",

@@ -256,6 +256,17 @@ class Store:
                         with contextlib.suppress(FileNotFoundError):
                             os.remove(os.path.join(root, name))
 
+    def artifact_counts(self) -> dict[int, int]:
+        """How many persisted artifacts each flow has (from file names: nothing is opened)."""
+        counts: dict[int, int] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(os.path.join(self.directory, "artifacts")):
+                with contextlib.suppress(ValueError):  # not a flow's directory
+                    top = os.path.join("artifacts", entry.name)
+                    n = sum(1 for suffix in (TABLE, PICKLED) for _ in self._files(top, suffix))
+                    counts[int(unquote(entry.name))] = n
+        return counts
+
     def count(self, kind: str) -> int:
         """How many tables (`tables`) or outputs (`outputs`) the store holds."""
         return sum(1 for _ in self._files(kind, TABLE))

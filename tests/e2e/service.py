@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +101,16 @@ class Service:
         self.proc.wait()
         for child in children:
             child.kill()
+
+
+@contextlib.contextmanager
+def threads() -> Iterator[ThreadPoolExecutor]:
+    """Threads for requests that block; a failing test does not wait for them to end."""
+    pool = ThreadPoolExecutor(max_workers=4)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def start(tmp_path: Path, env: dict[str, str]) -> Service:

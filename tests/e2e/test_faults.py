@@ -10,15 +10,13 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.e2e.service import SERVE, Service, wait_persisted
+from tests.e2e.service import SERVE, Service, threads, wait_persisted
 from tests.helpers import Latch, free_port, poll, post_json
 
 pytestmark = pytest.mark.e2e
@@ -29,15 +27,6 @@ RESULT_DEADLINE_S = 120.0
 TOKEN = "e2e-faults-t0ken"
 # Holds the GIL in C for `{seconds}`: a PyDLL call does not release it.
 HOLD_GIL = "import ctypes\nctypes.PyDLL(None).sleep({seconds})\n"
-
-
-@contextlib.contextmanager
-def _threads() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(max_workers=3)
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def test_sigint_to_its_own_process_interrupts_the_execution(service: Service) -> None:
@@ -112,7 +101,7 @@ def test_the_token_is_not_visible_to_user_code_or_its_children(start_service) ->
 def test_health_answers_while_user_code_holds_the_gil(service: Service, tmp_path: Path) -> None:
     holding = Latch(tmp_path / "holding")
     code = f"{holding.set_code()}\n" + HOLD_GIL.format(seconds=20)
-    with _threads() as pool:
+    with threads() as pool:
         execution = pool.submit(service.execute, code)
         holding.wait(LATCH_DEADLINE_S, "the code to take the GIL", detail=service.log)
 
@@ -133,7 +122,7 @@ def test_an_interrupt_that_cannot_land_escalates_to_a_restart(
     service = start_service(KERNEL_INTERRUPT_GRACE_S=IMPATIENT_GRACE_S)
     holding = Latch(tmp_path / "holding")
     code = f"print('holding')\n{holding.set_code()}\n" + HOLD_GIL.format(seconds=600)
-    with _threads() as pool:
+    with threads() as pool:
         execution = pool.submit(service.execute, code, flow_id=4, node_id="re")
         holding.wait(LATCH_DEADLINE_S, "the code to take the GIL", detail=service.log)
 
@@ -158,7 +147,7 @@ def test_a_bystander_of_a_timeout_restart_is_told_it_died_and_keeps_its_output(
         "while True:\n    try:\n        os.read(r, 1)\n"
         "    except KeyboardInterrupt:\n        pass\n"
     )
-    with _threads() as pool:
+    with threads() as pool:
         waiting = pool.submit(service.execute, bystander, flow_id=1, node_id="b")
         bystander_running.wait(LATCH_DEADLINE_S, "the bystander to run", detail=service.log)
         stuck = pool.submit(service.execute, culprit, flow_id=1, node_id="c", timeout_s=0.5)
@@ -182,7 +171,7 @@ def test_restart_ends_running_executions_and_starts_a_new_kernel(
     old_pid = service.kernel_pid(1)
     wait_persisted(service, "kept")
     code = f"{running.set_code()}\nwhile True:\n    pass\n"
-    with _threads() as pool:
+    with threads() as pool:
         execution = pool.submit(service.execute, code, flow_id=1, node_id="b")
         running.wait(LATCH_DEADLINE_S, "the execution to run", detail=service.log)
 
@@ -266,7 +255,7 @@ def test_sigterm_answers_an_execution_that_outlives_the_grace_then_exits_cleanly
     service = start_service(KERNEL_SHUTDOWN_GRACE_S="1")
     running = Latch(tmp_path / "running")
     code = f"{running.set_code()}\nwhile True:\n    pass\n"
-    with _threads() as pool:
+    with threads() as pool:
         execution = pool.submit(service.execute, code)
         running.wait(LATCH_DEADLINE_S, "the execution to run", detail=service.log)
 

@@ -9,8 +9,7 @@ that ends without `kernel_restarted` was cancelled, not waited out.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from tests.e2e.service import Service, wait_persisted
+from tests.e2e.service import Service, threads, wait_persisted
 from tests.helpers import Latch, poll, post_json
 
 pytestmark = pytest.mark.e2e
@@ -43,16 +42,6 @@ ENDLESS_QUERY = "endless = pl.concat([df.lazy()] * 2000).group_by('k').agg(pl.co
 # its time inside a query.
 QUERY = "query = pl.concat([df.lazy()] * 10).group_by('k').agg(pl.col('v').sum())\n"
 SUM_V = 10 * ROWS * (ROWS - 1) // 2  # what QUERY sums
-
-
-@contextlib.contextmanager
-def _threads() -> Iterator[ThreadPoolExecutor]:
-    """Threads for requests that block; a failing test does not wait for them to end."""
-    pool = ThreadPoolExecutor(max_workers=4)
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _kernels(service: Service) -> list[dict[str, Any]]:
@@ -175,7 +164,7 @@ def test_a_fault_in_one_flow_leaves_other_flows_running_with_their_state(
     pid_a, pid_b = _pid(service, 1), _pid(service, 2)
     b_running, b_release = Latch(tmp_path / "b-running"), Latch(tmp_path / "b-release")
     a_running, a_release = Latch(tmp_path / "a-running"), Latch(tmp_path / "a-release")
-    with _threads() as pool:
+    with threads() as pool:
         b_execution = pool.submit(
             service.execute, _waiting(b_running, b_release, "print('done')\n"), flow_id=2
         )
@@ -265,7 +254,7 @@ def test_a_polars_query_is_cancelled_without_restarting_the_flows_kernel(
     _pid(service, 2)
     before = _kernel_of(service, 1)
     other_running, other_release = Latch(tmp_path / "other-running"), Latch(tmp_path / "release")
-    with _threads() as pool:
+    with threads() as pool:
         other = pool.submit(service.execute, _polars_until(other_running, other_release), flow_id=2)
         other_running.wait(LATCH_DEADLINE_S, "flow 2's queries to run", detail=service.log)
 
@@ -296,7 +285,7 @@ def test_in_a_shared_kernel_an_interrupt_cancels_other_flows_queries_with_a_clea
     assert [k["flow_id"] for k in kernels] == [None]
     other_running, other_release = Latch(tmp_path / "other-running"), Latch(tmp_path / "release")
     reached = Latch(tmp_path / "reached")
-    with _threads() as pool:
+    with threads() as pool:
         # released only after flow 1's answer: a query loop the SIGINT missed would succeed
         other = pool.submit(service.execute, _polars_until(other_running, other_release), flow_id=2)
         other_running.wait(LATCH_DEADLINE_S, "flow 2's queries to run", detail=service.log)

@@ -6,11 +6,9 @@ at file latches, and every wait is a poll with a generous deadline.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from tests.e2e.service import START_DEADLINE_S, KernelStartGate, Service, wait_persisted
+from tests.e2e.service import START_DEADLINE_S, KernelStartGate, Service, threads, wait_persisted
 from tests.helpers import Latch, flight_action, poll, post_json
 
 pytestmark = pytest.mark.e2e
@@ -41,16 +39,6 @@ try:
 except KeyboardInterrupt:  # it landed just before the read: block all the same
     os.read(r, 1)
 """
-
-
-@contextlib.contextmanager
-def _threads() -> Iterator[ThreadPoolExecutor]:
-    """Threads for requests that block; a failing test does not wait for them to end."""
-    pool = ThreadPoolExecutor(max_workers=2)
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _timed_out_past(
@@ -184,7 +172,7 @@ def test_interrupt_stops_only_the_matching_flow(service: Service, tmp_path: Path
         "while True:\n    time.sleep(0.01)\n"
     )
     other_code = f"{other_running.set_code()}\n{other_may_finish.wait_code()}print('finished')\n"
-    with _threads() as pool:
+    with threads() as pool:
         victim = pool.submit(service.execute, victim_code, flow_id=1, node_id="a")
         other = pool.submit(service.execute, other_code, flow_id=2, node_id="b")
         victim_running.wait(LATCH_DEADLINE_S, "flow 1's code to run", detail=service.log)
@@ -217,7 +205,7 @@ def test_code_ignoring_the_interrupt_is_ended_by_a_restart(start_service, tmp_pa
         "except KeyboardInterrupt:\n    pass  # ignored\n"
         "while True:\n    time.sleep(0.01)\n"
     )
-    with _threads() as pool:
+    with threads() as pool:
         execution = pool.submit(service.execute, stubborn, flow_id=3)
         running.wait(LATCH_DEADLINE_S, "the stubborn code to run", detail=service.log)
 
@@ -288,7 +276,7 @@ def test_sigterm_stops_accepting_lets_running_work_finish_and_leaves_no_process(
     assert sorted(service.kernel_pids()) == kernels
     running, may_finish = Latch(tmp_path / "running"), Latch(tmp_path / "may-finish")
     code = f"{running.set_code()}\n{may_finish.wait_code()}print('done')\n"
-    with _threads() as pool:
+    with threads() as pool:
         work = pool.submit(service.execute, code)
         running.wait(LATCH_DEADLINE_S, "the code to run", detail=service.log)
 

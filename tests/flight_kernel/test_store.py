@@ -979,3 +979,15 @@ def test_an_artifact_that_pickles_bigger_than_the_space_left_stays_live_only(tmp
     _freed(store)
     assert store.usage() < 1024
     assert store.take_lost(1) == [ArtifactPath(1, "big")]
+
+
+def test_artifact_counts_are_per_flow_and_count_persisted_ones_only(tables):
+    artifacts = ArtifactStore(tables)
+    artifacts.publish(1, "n1", "frame", pl.DataFrame({"a": [1]}))
+    artifacts.publish(1, "n1", "dict", {"k": 1})
+    artifacts.publish(-2, "n1", "dict", "negative flows too")
+    assert artifacts.flush(timeout=30)
+    artifacts.publish(3, "n1", "lock", threading.Lock())  # cannot be pickled: never persisted
+    assert artifacts.flush(timeout=30)
+
+    assert tables.artifact_counts() == {1: 2, -2: 1, 3: 0}
