@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from control.connection import Connection, call_json
-from control.processes import Death, KernelProcess, KernelStatus
+from control.processes import Death, KernelProcess, KernelStatus, Lost
 from flight_kernel.errors import ConnectionLost, DeadlineExceeded, KernelError, KernelUnavailable
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
 from flight_kernel.results import ErrorKind, ExecutionResult
@@ -45,20 +45,10 @@ def _describe(req: ExecuteRequest) -> dict[str, Any]:
     return {"execution_id": req.execution_id, "flow_id": req.flow_id, "node_id": req.node_id}
 
 
-def _lost_state(lost_artifacts: list[str]) -> list[str]:
-    """The kinds of state a death took, each only when something of it existed: tables and
-    outputs are in the store, and persisted artifacts too, so only unpersisted ones go."""
-    return ["artifacts"] if lost_artifacts else []
-
-
-def _restarted_between(raw: bytes, lost_artifacts: list[str]) -> bytes:
+def _restarted_between(raw: bytes, lost: Lost) -> bytes:
     """An answer from a kernel that replaced the one this flow last used: say what went."""
     body = json.loads(raw)
-    body.update(
-        kernel_restarted=True,
-        lost_state=_lost_state(lost_artifacts),
-        lost_artifacts=lost_artifacts,
-    )
+    body.update(kernel_restarted=True, **lost.report())
     return json.dumps(body).encode()
 
 
@@ -75,7 +65,7 @@ class KernelHandle:
         # one says that its kernel died in between.
         self._flow_generation: dict[int, int] = {}
         # What a flow lost when an earlier kernel of it was retired, told on its next answer.
-        self._untold: dict[int, list[str]] = {}
+        self._untold: dict[int, Lost] = {}
 
     def start(self) -> None:
         self.process.start()
@@ -83,7 +73,7 @@ class KernelHandle:
     def stop(self) -> None:
         self.process.stop()
 
-    def adopt(self, flow_id: int, lost: list[str] | None = None) -> None:
+    def adopt(self, flow_id: int, lost: Lost | None = None) -> None:
         """This (spare) kernel now serves `flow_id`, which lost `lost` when its last kernel
         was retired (None: it never had one)."""
         self.process.adopt(flow_id)  # a kernel that dies now comes back serving the flow
@@ -95,9 +85,9 @@ class KernelHandle:
         except (ConnectionLost, KernelUnavailable):  # its successor serves the flow from start
             logger.info("the kernel died while adopting flow %s", flow_id)
 
-    def retire(self) -> list[str]:
-        """Stop this kernel for good (it persists what it can first); the artifacts lost."""
-        return [p.name for p in self.process.retire()]
+    def retire(self) -> Lost:
+        """Stop this kernel for good (it persists what it can first); what went with it."""
+        return self.process.retire()
 
     def status(self) -> KernelStatus:
         return self.process.status()
@@ -151,7 +141,7 @@ class KernelHandle:
                 raise
             if heard == generation and untold is None:
                 return raw
-            lost = (untold or []) + self._lost_between(req.flow_id, heard, generation)
+            lost = (untold or Lost()) + self._lost_between(req.flow_id, heard, generation)
             return _restarted_between(raw, lost)
         except DeadlineExceeded:
             reason = (
@@ -173,13 +163,13 @@ class KernelHandle:
             with self._lock:
                 self._inflight.pop(execution_id, None)
 
-    def _lost_between(self, flow_id: int, first: int, last: int) -> list[str]:
-        """The artifacts of a flow that died with the kernels of generations first..last-1."""
-        lost: list[str] = []
+    def _lost_between(self, flow_id: int, first: int, last: int) -> Lost:
+        """What of a flow died with the kernels of generations first..last-1."""
+        lost = Lost()
         for generation in range(first, last):
             death = self.process.death(generation, 0)
             if death is not None:
-                lost += [p.name for p in death.lost_artifacts if p.flow_id == flow_id]
+                lost += death.lost.of(flow_id)
         return lost
 
     def _lost(self, generation: int, started: float, req: ExecuteRequest) -> bytes:
@@ -191,7 +181,6 @@ class KernelHandle:
             self._flow_generation[req.flow_id] = generation + 1
         error, kind = self._why(death, req)
         stdout, stderr = self.process.printed(generation, req.execution_id or "")
-        lost = [p.name for p in death.lost_artifacts if p.flow_id == req.flow_id]
         result = ExecutionResult.kernel_died(
             flow_id=req.flow_id,
             node_id=req.node_id,
@@ -199,8 +188,7 @@ class KernelHandle:
             error=error,
             error_kind=kind,
             execution_time_ms=(time.perf_counter() - started) * 1000,
-            lost_state=_lost_state(lost),
-            lost_artifacts=lost,
+            **death.lost.of(req.flow_id).report(),
             exit_code=death.returncode,
             stdout=stdout,
             stderr=stderr,
@@ -295,9 +283,14 @@ class KernelHandle:
         self.process.kill(generation, reason, ErrorKind.KERNEL_DIED)
         death = self.process.death(generation, DEATH_REPORT_WAIT_S)
         self.process.connection()  # waits for the new kernel
-        lost = [str(p) for p in death.lost_artifacts] if death is not None else []
+        lost = death.lost if death is not None else Lost()
         status = self.process.status()
-        return {"flow_id": status.flow_id, "pid": status.pid, "lost_artifacts": lost}
+        return {
+            "flow_id": status.flow_id,
+            "pid": status.pid,
+            "lost_artifacts": [str(p) for p in lost.artifacts],
+            "lost_namespaces": [{"flow_id": f, "namespace": n} for f, n in lost.namespaces],
+        }
 
     def health(self) -> tuple[str, dict[str, Any]]:
         """The kernel's own health body, and its state: `healthy`, `busy` (it did not answer

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from control.connection import ChannelConnection, Connection, call_json
-from flight_kernel import spool
+from flight_kernel import namespaces, spool
 from flight_kernel.errors import (
     ConnectionLost,
     DeadlineExceeded,
@@ -51,6 +51,36 @@ _SIGNAL_HINTS: dict[int, str] = {
 
 
 @dataclass(frozen=True)
+class Lost:
+    """What died with a kernel: artifacts published and not persisted before it, and the
+    named namespaces it held (flow_id, name). Tables and outputs are in the store."""
+
+    artifacts: tuple[ArtifactPath, ...] = ()
+    namespaces: tuple[tuple[int, str], ...] = ()
+
+    def of(self, flow_id: int) -> Lost:
+        """One flow's share."""
+        return Lost(
+            tuple(p for p in self.artifacts if p.flow_id == flow_id),
+            tuple(k for k in self.namespaces if k[0] == flow_id),
+        )
+
+    def __add__(self, other: Lost) -> Lost:
+        return Lost(self.artifacts + other.artifacts, self.namespaces + other.namespaces)
+
+    def report(self) -> dict[str, list[str]]:
+        """The response fields: `lost_state` (each kind only when something of it was lost),
+        `lost_artifacts`, `lost_namespaces`."""
+        state = ["namespace"] if self.namespaces else []
+        state += ["artifacts"] if self.artifacts else []
+        return {
+            "lost_state": state,
+            "lost_artifacts": [p.name for p in self.artifacts],
+            "lost_namespaces": [name for _, name in self.namespaces],
+        }
+
+
+@dataclass(frozen=True)
 class Death:
     """How one kernel process ended, and why when it was killed on purpose."""
 
@@ -58,7 +88,7 @@ class Death:
     reason: str | None = None  # set when we killed it (timeout, ignored interrupt, restart)
     kind: ErrorKind | None = None
     culprits: frozenset[str] = frozenset()  # the executions it was killed for, if any
-    lost_artifacts: tuple[ArtifactPath, ...] = ()  # published, and not persisted before it
+    lost: Lost = Lost()
 
     def describe(self) -> str:
         if self.returncode == RESTART_EXIT_CODE:
@@ -125,8 +155,8 @@ class KernelProcess(Protocol):
         """A spare becomes the kernel of `flow_id` (its next start serves that flow)."""
         ...
 
-    def retire(self) -> tuple[ArtifactPath, ...]:
-        """Stop for good, letting the kernel persist what it can; what it could not persist."""
+    def retire(self) -> Lost:
+        """Stop for good, letting the kernel persist what it can; what it could not keep."""
         ...
 
     def printed(self, generation: int, execution_id: str) -> tuple[str, str]:
@@ -172,9 +202,9 @@ class AttachedKernel:
     def adopt(self, flow_id: int) -> None:
         pass
 
-    def retire(self) -> tuple[ArtifactPath, ...]:
+    def retire(self) -> Lost:
         self.stop()
-        return ()
+        return Lost()
 
     def printed(self, generation: int, execution_id: str) -> tuple[str, str]:
         return "", ""
@@ -434,7 +464,7 @@ class LocalKernelProcess:
                     return
             # What it had not persisted is gone: the store's markers say what, and go with
             # its half-written files, before the next kernel reads the store.
-            lost = self._take_lost()
+            lost = self._take_lost(generation)
             with self._cond:
                 why = self._kill_reasons.pop(generation, None)
                 reason, kind, culprits = why if why is not None else (None, None, frozenset())
@@ -454,25 +484,37 @@ class LocalKernelProcess:
                     logger.error("kernel restart failed: %s; retrying", exc)
                     time.sleep(1.0)
 
-    def _take_lost(self) -> tuple[ArtifactPath, ...]:
-        """What died unpersisted with this kernel, and its half-written files: its scope's."""
+    def _take_lost(self, generation: int) -> Lost:
+        """What died with this kernel generation (its namespaces, what it had not persisted),
+        and its half-written files: its scope's."""
         with self._cond:
             spare, flow_id = self.spare, self.flow_id
+            directory = self._spools.get(generation)
         if spare:  # it served no flow: nothing of anyone's is its
-            return ()
-        lost = tuple(self.store.take_lost(flow_id))
+            return Lost()
+        artifacts = tuple(self.store.take_lost(flow_id))
         self.store.sweep_written(flow_id)
-        return lost
+        held = tuple(namespaces.marked(directory)) if directory is not None else ()
+        return Lost(artifacts, held)
 
     def adopt(self, flow_id: int) -> None:
         with self._cond:
             self.flow_id, self.spare = flow_id, False
 
-    def retire(self) -> tuple[ArtifactPath, ...]:
-        self.stop()  # SIGTERM: the kernel persists what it can first (`TERM_FLUSH_S`)
-        return self._take_lost()
+    def retire(self) -> Lost:
+        with self._cond:
+            generation = self._generation
+        self._stop(remove_spools=False)  # SIGTERM: it persists what it can (`TERM_FLUSH_S`)
+        lost = self._take_lost(generation)
+        with self._cond:
+            for directory in self._spools.values():
+                shutil.rmtree(directory, ignore_errors=True)
+        return lost
 
     def stop(self) -> None:
+        self._stop(remove_spools=True)
+
+    def _stop(self, *, remove_spools: bool) -> None:
         with self._cond:
             if self._stopping:  # stopped at the end of the shutdown grace already
                 return
@@ -491,9 +533,10 @@ class LocalKernelProcess:
             _end_group(proc)
         if conn is not None:
             conn.close()
-        with self._cond:
-            for directory in self._spools.values():
-                shutil.rmtree(directory, ignore_errors=True)
+        if remove_spools:
+            with self._cond:
+                for directory in self._spools.values():
+                    shutil.rmtree(directory, ignore_errors=True)
 
     # -- calls -----------------------------------------------------------------------------
 

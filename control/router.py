@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from control.handle import KernelHandle
+from control.processes import Lost
 from flight_kernel.errors import KernelUnavailable
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class FlowRouter:
         self._lock = threading.Lock()
         self._flows: OrderedDict[int, KernelHandle] = OrderedDict()  # least recent first
         self._adopting: dict[int, Future[KernelHandle]] = {}
-        self._lost: dict[int, list[str]] = {}  # retired flows: what their next answer tells
+        self._lost: dict[int, Lost] = {}  # retired flows: what their next answer tells
         self._retiring: dict[int, Future[None]] = {}
         self._leases: dict[int, int] = {}  # flows whose kernel a caller uses (an execution)
         self._spare: tuple[KernelHandle, Future[None]] | None = None
@@ -252,17 +253,23 @@ class FlowRouter:
         return retired
 
     def _retire(self, flow_id: int, handle: KernelHandle) -> None:
-        lost: list[str] = []
+        lost = Lost()
         try:
-            lost = handle.retire()
+            lost = handle.retire().of(flow_id)
         finally:
+            report = lost.report()
             logger.info(
-                "retired the kernel of flow %s (least recently used)%s",
+                "retired the kernel of flow %s (least recently used)%s%s",
                 flow_id,
-                f"; not persisted, so lost: {', '.join(lost)}" if lost else "",
+                f"; not persisted, so lost: {', '.join(report['lost_artifacts'])}"
+                if lost.artifacts
+                else "",
+                f"; namespaces dropped: {', '.join(report['lost_namespaces'])}"
+                if lost.namespaces
+                else "",
             )
             with self._lock:
-                self._lost[flow_id] = self._lost.get(flow_id, []) + lost
+                self._lost[flow_id] = self._lost.get(flow_id, Lost()) + lost
                 self._retiring.pop(flow_id).set_result(None)
 
     def holder(self, flow_id: int) -> KernelHandle | None:

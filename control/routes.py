@@ -24,6 +24,7 @@ from control.schemas import (
 from control.service import Service
 from flight_kernel.errors import Unauthenticated
 from flight_kernel.requests import (
+    ClearNamespaceRequest,
     ClearNodeArtifactsRequest,
     DisplayOutputsRequest,
     ExecuteRequest,
@@ -114,6 +115,12 @@ async def restart(service: Served, req: FlowFilter | None = None) -> Response:
     """Restart the flow's kernel, or every kernel: running executions end with `KernelDied`,
     unpersisted artifacts go; the store stays."""
     return await _answer(service.restart, req or FlowFilter())
+
+
+@router.post("/clear_namespace", response_model=ClearResponse)
+async def clear_namespace(req: ClearNamespaceRequest, service: Served) -> Response:
+    """Drop a flow's named namespace, or (no `namespace`) all of that flow's."""
+    return await _answer(service.clear_namespace, req)
 
 
 @router.get("/display_outputs", response_model=list[DisplayOutput])

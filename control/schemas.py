@@ -52,6 +52,9 @@ class ExecuteResponse(BaseModel):
     lost_artifacts: list[str] = Field(
         [], description="the artifacts that died with the kernel (not persisted)"
     )
+    lost_namespaces: list[str] = Field(
+        [], description="the flow's named namespaces that died with the kernel"
+    )
     exit_code: int | None = Field(None, description="the dead kernel's exit code or -signal")
 
 

@@ -34,6 +34,7 @@ from flight_kernel.kernel import Kernel
 from flight_kernel.paths import ArtifactPath, from_segments
 from flight_kernel.requests import (
     Body,
+    ClearNamespaceRequest,
     ClearNodeArtifactsRequest,
     DeleteRequest,
     DisplayOutputsRequest,
@@ -114,6 +115,12 @@ class Service:
         body = {"flow_id": req.flow_id, "node_id": req.node_id}
         return self._on_flows(req.flow_id, "list_artifacts", body, merge_lists)
 
+    def clear_namespace(self, req: ClearNamespaceRequest) -> Any:
+        """Drop a flow's namespace, or all of them (a flow without a kernel holds none)."""
+        return self._on_flows(
+            req.flow_id, "clear_namespace", req.model_dump(), merge_dicts_of_lists
+        )
+
     def display_outputs(self, req: DisplayOutputsRequest) -> Any:
         """A node's last display outputs, from its flow's kernel (none without a kernel)."""
         holder = self.kernels.holder(req.flow_id)
@@ -165,6 +172,7 @@ class Service:
             "version": __version__,
             "isolation": self.settings.isolation,
             "artifact_count": artifacts if serving and None not in counts else None,
+            "namespace_count": sum(b.get("namespace_count", 0) for b in bodies if b),
             "table_count": self.store.count("tables"),
             "output_count": self.store.count("outputs"),
             "restarts": sum(k["restarts"] for k in kernels),
@@ -230,6 +238,11 @@ ACTIONS: dict[str, Action] = {
         "restart kernels: {flow_id?}; running executions end with KernelDied",
     ),
     "health": Action(EmptyRequest, _health, "the /health body"),
+    "clear_namespace": Action(
+        ClearNamespaceRequest,
+        Service.clear_namespace,
+        "drop a flow's namespace, or all of them: {flow_id, namespace?}",
+    ),
     "display_outputs": Action(
         DisplayOutputsRequest,
         Service.display_outputs,

@@ -18,6 +18,7 @@ from flight_kernel.paths import from_segments
 from flight_kernel.requests import (
     AdoptRequest,
     Body,
+    ClearNamespaceRequest,
     ClearNodeArtifactsRequest,
     DeleteRequest,
     DisplayOutputsRequest,
@@ -38,6 +39,7 @@ def cleared_json(cleared: Cleared) -> dict[str, Any]:
         "removed_artifacts": [{"flow_id": f, "name": n} for f, n in cleared.artifacts],
         "removed_outputs": list(cleared.outputs),
         "removed_tables": list(cleared.tables),
+        "removed_namespaces": [{"flow_id": f, "namespace": n} for f, n in cleared.namespaces],
     }
 
 
@@ -80,6 +82,11 @@ ACTIONS: dict[str, Action] = {
         FlowFilter,
         lambda k, r: _restart(k),
         "restart the kernel: {flow_id?}; running executions end with KernelDied",
+    ),
+    "clear_namespace": Action(
+        ClearNamespaceRequest,
+        lambda k, r: cleared_json(k.clear_namespace(r.flow_id, r.namespace)),
+        "drop a flow's namespace, or all of them: {flow_id, namespace?}",
     ),
     "display_outputs": Action(
         DisplayOutputsRequest,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import ctypes
 import functools
 import linecache
@@ -35,6 +36,7 @@ from flight_kernel.context import (
     install_capture,
 )
 from flight_kernel.inputs import InputReader
+from flight_kernel.namespaces import Namespace, Namespaces
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
 from flight_kernel.results import ErrorKind, ExecutionResult, LogRecord
 from flight_kernel.spool import SpoolFile
@@ -95,6 +97,11 @@ def _user_import(
 # `builtins` as the kernel started, before any user code ran; each execution gets a copy, so
 # rebinding a builtin changes nothing for the kernel or for another execution.
 _BUILTINS = {**builtins.__dict__, "__import__": _user_import}
+
+
+def _fresh_globals() -> dict[str, object]:
+    """The globals of a new namespace: user code's `__main__`, with `flowfile` injected."""
+    return {"__name__": "__main__", "__builtins__": dict(_BUILTINS), "flowfile": flowfile}
 
 
 def _user_traceback(exc: BaseException, filename: str) -> str:
@@ -177,6 +184,7 @@ class Executor:
         *,
         max_stream_bytes: int = 1024 * 1024,
         default_timeout_s: float | None = None,
+        max_namespaces: int = 20,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
@@ -185,15 +193,25 @@ class Executor:
         self._default_timeout_s = default_timeout_s
         self._lock = threading.Lock()
         self._running: dict[str, ExecutionContext] = {}
+        self.namespaces = Namespaces(max_namespaces)
         self.on_start: Callable[[str], None] | None = None  # told each execution's id
         self.before_end: Callable[[], None] | None = None  # e.g. deliver fd output still due
         # Cancels the polars queries of the process (a kernel process sends itself SIGINT);
         # None in-process, where that signal would reach the host program.
         self.cancel_queries: Callable[[], None] | None = None
-        # Where printed output is mirrored for the supervisor (`flight_kernel.spool`); None
-        # in-process, where nobody reads it after a death.
-        self.spool_dir: str | None = None
+        self._spool_dir: str | None = None
         self._queries_cancelled = float("-inf")  # perf_counter of the last such cancel
+
+    @property
+    def spool_dir(self) -> str | None:
+        """Where printed output is mirrored and namespaces are marked for the supervisor
+        (`flight_kernel.spool`, `flight_kernel.namespaces`); None in-process, where nobody
+        reads them after a death."""
+        return self._spool_dir
+
+    @spool_dir.setter
+    def spool_dir(self, directory: str | None) -> None:
+        self._spool_dir = self.namespaces.marker_dir = directory
 
     def run(self, req: ExecuteRequest) -> ExecutionResult:
         """Run one request to the end; user code failing is a result, not an exception."""
@@ -212,7 +230,8 @@ class Executor:
             stdout=CappedBuffer(self._max_stream_bytes, self._spool_of(execution_id, "stdout")),
             stderr=CappedBuffer(self._max_stream_bytes, self._spool_of(execution_id, "stderr")),
         )
-        filename = f"<node {req.node_id}>".replace("\x00", "\\x00")  # compile() refuses NUL
+        base_filename = f"<node {req.node_id}>".replace("\x00", "\\x00")  # compile() refuses NUL
+        filename = base_filename
         timeout = req.timeout_s if req.timeout_s is not None else self._default_timeout_s
         timer = None
         if timeout is not None:
@@ -232,17 +251,19 @@ class Executor:
                     self._running[ctx.execution_id] = ctx
                 if self.on_start is not None:
                     self.on_start(ctx.execution_id)
-                compiled, last = _compile(req.code, filename, req.interactive)
-                namespace = {
-                    "__name__": "__main__",
-                    "__builtins__": dict(_BUILTINS),
-                    "flowfile": flowfile,
-                }
-                exec(compiled, namespace)
-                if last is not None:  # interactive: the final expression's value is shown
-                    value = eval(last, namespace)
-                    if value is not None:
-                        display.show(ctx, value)
+                with self._space(req) as space:  # a named one: waits for its turn
+                    if space is None:
+                        compiled, last = _compile(req.code, filename, req.interactive)
+                        scope = _fresh_globals()
+                    else:  # a cell of its own, its source kept while the namespace lives
+                        filename = space.cell(req.node_id, req.code)
+                        compiled, last = _compile_now(req.code, filename, req.interactive)
+                        scope = space.globals
+                    exec(compiled, scope)
+                    if last is not None:  # interactive: the final expression's value is shown
+                        value = eval(last, scope)
+                        if value is not None:
+                            display.show(ctx, value)
             finally:
                 display.show_figures(ctx)  # also when the code failed
                 if self.before_end is not None:
@@ -263,7 +284,7 @@ class Executor:
             with self._lock:
                 self._running.pop(ctx.execution_id, None)
             current.reset(token)
-        result = self._result(ctx, req.code, error, filename)
+        result = self._result(ctx, req.code, error, filename, cell=filename != base_filename)
         ctx.stdout.close()
         ctx.stderr.close()
         return result
@@ -274,8 +295,19 @@ class Executor:
             return None
         return lambda: SpoolFile(directory, execution_id, stream, limit)
 
+    def _space(self, req: ExecuteRequest) -> contextlib.AbstractContextManager[Namespace | None]:
+        if req.namespace is None:
+            return contextlib.nullcontext()
+        return self.namespaces.entered(req.flow_id, req.namespace, _fresh_globals)
+
     def _result(
-        self, ctx: ExecutionContext, code: str, error: BaseException | None, filename: str
+        self,
+        ctx: ExecutionContext,
+        code: str,
+        error: BaseException | None,
+        filename: str,
+        *,
+        cell: bool,
     ) -> ExecutionResult:
         elapsed_ms = (time.perf_counter() - ctx.started) * 1000
         message = kind = trace = None
@@ -293,17 +325,19 @@ class Executor:
                     if isinstance(error, SystemExit)
                     else ErrorKind.EXCEPTION
                 )
-            # linecache lets the traceback show the user's source lines
-            linecache.cache[filename] = (
-                len(code),
-                None,
-                code.splitlines(keepends=True),
-                filename,
-            )
-            try:
+            if cell:  # its namespace keeps its source in linecache already
                 trace = _user_traceback(error, filename)
-            finally:
-                linecache.cache.pop(filename, None)
+            else:  # linecache lets the traceback show the user's source lines
+                linecache.cache[filename] = (
+                    len(code),
+                    None,
+                    code.splitlines(keepends=True),
+                    filename,
+                )
+                try:
+                    trace = _user_traceback(error, filename)
+                finally:
+                    linecache.cache.pop(filename, None)
             logger.info(
                 "execution %s (flow %s node %s) failed: %s",
                 ctx.execution_id,

@@ -65,6 +65,7 @@ class Cleared:
     artifacts: tuple[tuple[int, str], ...] = ()  # (flow_id, name)
     outputs: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
+    namespaces: tuple[tuple[int, str], ...] = ()  # (flow_id, name)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class KernelHealth:
     kernel_id: str
     kernel_pid: int
     artifact_count: int
+    namespace_count: int
     running: tuple[RunningExecution, ...]
     uptime_s: float
     flight_location: str
@@ -116,6 +118,7 @@ class Kernel:
             reader,
             max_stream_bytes=self.settings.max_stream_bytes,
             default_timeout_s=self.settings.exec_timeout_s,
+            max_namespaces=self.settings.max_namespaces,
         )
         self._started = time.monotonic()
         # Each node's last display outputs (GET /display_outputs), the most recent nodes kept.
@@ -161,6 +164,10 @@ class Kernel:
         with self._displays_lock:
             return list(self._displays.get((flow_id, str(node_id)), []))
 
+    def clear_namespace(self, flow_id: int, name: str | None = None) -> Cleared:
+        """Drop one namespace of a flow, or all of the flow's."""
+        return Cleared(namespaces=tuple(self.executor.namespaces.drop(flow_id, name)))
+
     def interrupt(self, req: InterruptRequest) -> list[RunningExecution]:
         return self.executor.interrupt(req)
 
@@ -175,6 +182,7 @@ class Kernel:
             kernel_id=self.kernel_id,
             kernel_pid=os.getpid(),
             artifact_count=self.artifacts.count(),
+            namespace_count=len(self.executor.namespaces.names()),
             running=tuple(self.executor.running()),
             uptime_s=round(time.monotonic() - self._started, 3),
             flight_location=self.location,
@@ -189,7 +197,8 @@ class Kernel:
         return [a.record() for a in self.artifacts.find(flow_id, node_id)]
 
     def clear(self, flow_id: int | None = None) -> Cleared:
-        """Drop everything, or one flow's artifacts, outputs and display outputs."""
+        """Drop everything, or one flow's artifacts, outputs, namespaces and display outputs."""
+        namespaces = self.executor.namespaces.drop(flow_id)
         with self._displays_lock:
             for key in [k for k in self._displays if flow_id is None or k[0] == flow_id]:
                 del self._displays[key]
@@ -202,6 +211,7 @@ class Kernel:
             artifacts=tuple((a.flow_id, a.name) for a in arts),
             outputs=tuple(str(p) for p in outputs),
             tables=tuple(p.name for p in tables if isinstance(p, TablePath)),
+            namespaces=tuple(namespaces),
         )
 
     def clear_node_artifacts(self, node_ids: list[str | int], flow_id: int | None) -> Cleared:

@@ -44,8 +44,17 @@ class ExecuteRequest(Body):
     execution_id: StrictStr | None = Field(
         None, min_length=1, description="names this execution for /interrupt; minted if absent"
     )
+    namespace: StrictStr | None = Field(
+        None,
+        min_length=1,
+        description="null: a fresh namespace; a name: executions of the same flow with the "
+        "same name share their variables, one at a time",
+    )
     interactive: StrictBool = Field(
         False, description="display the value of a final bare expression, as a notebook does"
+    )
+    stream: StrictBool = Field(
+        False, description="answer events (stdout, stderr, log, display, result) as they come"
     )
 
 
@@ -53,6 +62,13 @@ class FlowFilter(Body):
     """Body of `clear`: one flow, or every flow when absent."""
 
     flow_id: StrictInt | None = None
+
+
+class ClearNamespaceRequest(Body):
+    """Body of `/clear_namespace`: one namespace of a flow, or (no name) all of the flow's."""
+
+    flow_id: StrictInt = 0
+    namespace: StrictStr | None = None
 
 
 class DisplayOutputsRequest(Body):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ class ExecutionResult:
     kernel_restarted: bool = False
     lost_state: list[str] = field(default_factory=list)
     lost_artifacts: list[str] = field(default_factory=list)
+    lost_namespaces: list[str] = field(default_factory=list)
     exit_code: int | None = None
 
     @classmethod
@@ -70,6 +72,7 @@ class ExecutionResult:
         execution_time_ms: float,
         lost_state: list[str],
         lost_artifacts: list[str],
+        lost_namespaces: Sequence[str] = (),
         exit_code: int | None,
         stdout: str = "",
         stderr: str = "",
@@ -88,6 +91,7 @@ class ExecutionResult:
             kernel_restarted=True,
             lost_state=lost_state,
             lost_artifacts=lost_artifacts,
+            lost_namespaces=list(lost_namespaces),
             exit_code=exit_code,
         )
 
@@ -119,4 +123,5 @@ _LISTS = (
     "display_outputs",
     "lost_state",
     "lost_artifacts",
+    "lost_namespaces",
 )

@@ -95,6 +95,7 @@ class Settings:
     store_max_bytes: int | None = None  # None: 80% of the file system's free space at start
     isolation: str = "flow"
     max_kernels: int = 16  # flow kernels alive at once, spares not counted
+    max_namespaces: int = 20  # named namespaces a kernel keeps
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -134,6 +135,9 @@ class Settings:
                 e, "KERNEL_ISOLATION", _isolation, d.isolation, "isolation (flow or shared)"
             ),
             max_kernels=_read(e, "KERNEL_MAX_KERNELS", _count, d.max_kernels, "positive integer"),
+            max_namespaces=_read(
+                e, "KERNEL_MAX_NAMESPACES", _count, d.max_namespaces, "positive integer"
+            ),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -147,6 +151,7 @@ class Settings:
             "KERNEL_LOG_LEVEL": self.log_level,
             "KERNEL_INTERRUPT_GRACE_S": str(self.interrupt_grace_s),
             "KERNEL_ISOLATION": self.isolation,
+            "KERNEL_MAX_NAMESPACES": str(self.max_namespaces),
         }
         if self.exec_timeout_s is not None:
             env["KERNEL_EXEC_TIMEOUT_S"] = str(self.exec_timeout_s)

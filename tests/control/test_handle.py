@@ -19,10 +19,16 @@ import pytest
 
 from control.connection import KernelConnection
 from control.handle import KernelHandle
-from control.processes import AttachedKernel, Death, KernelStatus, LocalKernelProcess, StartFailed
+from control.processes import (
+    AttachedKernel,
+    Death,
+    KernelStatus,
+    LocalKernelProcess,
+    Lost,
+    StartFailed,
+)
 from flight_kernel.channel import ChannelServer
 from flight_kernel.errors import ConnectionLost, KernelUnavailable
-from flight_kernel.paths import ArtifactPath
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
 from flight_kernel.results import ErrorKind
 from flight_kernel.settings import Settings
@@ -84,8 +90,8 @@ class FakeProcess:
     def adopt(self, flow_id: int) -> None:
         pass
 
-    def retire(self) -> tuple[ArtifactPath, ...]:
-        return ()
+    def retire(self) -> Lost:
+        return Lost()
 
     def printed(self, generation: int, execution_id: str) -> tuple[str, str]:
         return self.spooled.get(execution_id, ("", ""))

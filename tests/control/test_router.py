@@ -10,8 +10,10 @@ from typing import cast
 import pytest
 
 from control.handle import KernelHandle
+from control.processes import Lost
 from control.router import FlowRouter, SharedRouter, each, fan_out, merge_lists
 from flight_kernel.errors import KernelUnavailable
+from flight_kernel.paths import ArtifactPath
 
 
 class FakeKernel:
@@ -19,12 +21,12 @@ class FakeKernel:
 
     pids = itertools.count(100)
 
-    def __init__(self, lost: list[str] | None = None, fail: bool = False) -> None:
+    def __init__(self, lost: Lost | None = None, fail: bool = False) -> None:
         self.pid = next(self.pids)
         self.flow_id: int | None = None
-        self.told: list[str] | None = None
+        self.told: Lost | None = None
         self.started = self.stopped = self.retired = False
-        self._lost = lost or []
+        self._lost = lost or Lost()
         self._fail = fail
 
     def start(self) -> None:
@@ -35,11 +37,11 @@ class FakeKernel:
     def stop(self) -> None:
         self.stopped = True
 
-    def adopt(self, flow_id: int, lost: list[str] | None = None) -> None:
+    def adopt(self, flow_id: int, lost: Lost | None = None) -> None:
         assert self.flow_id is None, "a kernel adopts one flow"
         self.flow_id, self.told = flow_id, lost
 
-    def retire(self) -> list[str]:
+    def retire(self) -> Lost:
         self.retired = True
         return self._lost
 
@@ -177,7 +179,8 @@ def test_the_first_use_of_a_new_flow_is_counted_before_any_retirement() -> None:
 
 
 def test_a_retired_flow_is_told_what_it_lost_by_its_next_kernel() -> None:
-    maker = Maker(lost=["lock"])
+    lock = ArtifactPath(1, "lock")
+    maker = Maker(lost=Lost((lock,), ((1, "main"),)))
     router = FlowRouter(maker, max_kernels=1)
     router.start()
     old = fake(router.for_flow(1))
@@ -187,7 +190,12 @@ def test_a_retired_flow_is_told_what_it_lost_by_its_next_kernel() -> None:
     new = fake(router.for_flow(1))
 
     assert new is not old
-    assert new.told == ["lock"]
+    assert new.told is not None
+    assert new.told.report() == {
+        "lost_state": ["namespace", "artifacts"],
+        "lost_artifacts": ["lock"],
+        "lost_namespaces": ["main"],
+    }
 
 
 def test_a_spare_that_cannot_start_is_unavailable_not_a_crash() -> None:

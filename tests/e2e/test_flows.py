@@ -347,7 +347,7 @@ def test_a_retired_kernels_persisted_artifacts_come_back_and_the_rest_is_reporte
 ) -> None:
     """Beyond KERNEL_MAX_KERNELS=1, flow 1's idle kernel is retired for flow 2's; its
     persisted artifact stays listed and reads back, and its next answer names the
-    unpicklable one as lost."""
+    unpicklable one and its namespace as lost."""
     service = start_service(KERNEL_MAX_KERNELS="1")
     published = service.execute(
         "import threading\n"
@@ -355,6 +355,7 @@ def test_a_retired_kernels_persisted_artifacts_come_back_and_the_rest_is_reporte
         "flowfile.publish_artifact('lock', threading.Lock())",
         flow_id=1,
         node_id="a",
+        namespace="main",
     )
     assert published["success"], published
     wait_persisted(service, "kept", flow_id=1)
@@ -374,7 +375,8 @@ def test_a_retired_kernels_persisted_artifacts_come_back_and_the_rest_is_reporte
     assert back["stdout"] == "[1, 2, 3]\n"
     assert back["kernel_restarted"] is True
     assert back["lost_artifacts"] == ["lock"]
-    assert back["lost_state"] == ["artifacts"]
+    assert back["lost_namespaces"] == ["main"]
+    assert back["lost_state"] == ["namespace", "artifacts"]
 
 
 # -- the store, memory ------------------------------------------------------------------------

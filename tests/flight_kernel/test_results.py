@@ -68,6 +68,7 @@ def test_to_json_has_lists_plain_dicts_and_the_error_kind_as_its_string():
         "display_outputs",
         "lost_state",
         "lost_artifacts",
+        "lost_namespaces",
     }
 
 
