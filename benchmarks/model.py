@@ -34,7 +34,7 @@ class Config:
     passthrough_rows: int  # goal 3
     transfer_reps: int  # goals 1, 2, 10
     passthrough_reps: int  # goal 3
-    latency_blocks: int  # goals 4, 5, 6b: blocks per variant
+    latency_blocks: int  # goals 4, 5, 6b, 14: blocks per variant
     latency_requests: int  # requests per block
     agg_rows: int  # goals 6, 6b
     agg_groups: int
@@ -47,6 +47,8 @@ class Config:
     persist_reps: int
     new_flow_reps: int  # goal 12: first executions in new flows (each after a spare is ready)
     idle_kernels: int  # goals 13, 13b: idle flow kernels measured (13b is for 20)
+    stream_execs: int  # goal 15: streaming executions measured (after one warm-up)
+    stream_prints: int  # goal 15: timestamps each of them prints, 50 ms apart
 
 
 FULL = Config(
@@ -68,6 +70,8 @@ FULL = Config(
     persist_reps=51,
     new_flow_reps=21,
     idle_kernels=20,
+    stream_execs=11,
+    stream_prints=20,
 )
 QUICK = Config(
     "quick",
@@ -88,6 +92,8 @@ QUICK = Config(
     persist_reps=21,
     new_flow_reps=8,
     idle_kernels=6,
+    stream_execs=5,
+    stream_prints=20,
 )
 TINY = Config(
     "tiny",
@@ -108,6 +114,8 @@ TINY = Config(
     persist_reps=2,
     new_flow_reps=2,
     idle_kernels=2,
+    stream_execs=1,
+    stream_prints=4,
 )
 CONFIGS = {c.name: c for c in (FULL, QUICK, TINY)}
 

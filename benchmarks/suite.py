@@ -12,6 +12,7 @@ from benchmarks.flows import flows
 from benchmarks.latency import concurrency, latency
 from benchmarks.memory import artifact, leak, memory, persist
 from benchmarks.model import CONFIGS, TIMES, Config, Env, Result
+from benchmarks.notebook import namespace, streaming
 from benchmarks.throughput import passthrough, read, transfer
 
 __all__ = ["CONFIGS", "FIGURES", "ORDER", "TIMES", "Config", "Env", "Result"]
@@ -26,6 +27,8 @@ FIGURES: dict[str, Callable[[Env, Config], list[Result]]] = {
     "artifact": artifact,  # 8
     "read": read,  # 10
     "persist": persist,  # 11
+    "namespace": namespace,  # 14: notebook mode, a named namespace against a fresh one
+    "streaming": streaming,  # 15, 15 max: notebook mode, stdout events of a streaming /execute
     "flows": flows,  # 12, 13, 13b: on a service of their own, a kernel per flow
 }
 
@@ -47,4 +50,7 @@ ORDER = [
     "12",
     "13",
     "13b",
+    "14",
+    "15",
+    "15 max",
 ]

@@ -13,24 +13,33 @@ import json
 import queue
 import shutil
 import socket
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_kernel.auth import call_options
-from flight_kernel.channel import OK, read_frame, write_frames
+from flight_kernel.channel import EVENT, OK, read_frame, write_frames
 from flight_kernel.errors import ConnectionLost, DeadlineExceeded, decode_error
 from flight_kernel.flight_errors import client_errors
+
+OnEvent = Callable[[bytes], None]  # told each event of a streaming execution (raw JSON)
 
 
 class Connection(Protocol):
     """One kernel's actions: JSON in, raw JSON out."""
 
     def call(
-        self, action: str, body: dict[str, Any] | None = None, timeout: float | None = None
+        self,
+        action: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        on_event: OnEvent | None = None,
     ) -> bytes:
-        """Run an action; return its raw JSON result."""
+        """Run an action; return its raw JSON result. A streaming execution's events, sent
+        before it, go to `on_event` as they come."""
         ...
 
     def read(self, path: str) -> flight.FlightStreamReader:
@@ -62,13 +71,23 @@ class KernelConnection:
         self._options = call_options(token)
 
     def call(
-        self, action: str, body: dict[str, Any] | None = None, timeout: float | None = None
+        self,
+        action: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        on_event: OnEvent | None = None,
     ) -> bytes:
         payload = json.dumps(body or {}).encode()
         options = self._options if timeout is None else call_options(self._token, timeout)
+        answer = b"null"
         with client_errors(f"kernel action {action!r}"):
-            results = list(self._client.do_action(flight.Action(action, payload), options))
-        return results[0].body.to_pybytes() if results else b"null"
+            for result in self._client.do_action(flight.Action(action, payload), options):
+                data = result.body.to_pybytes()
+                if data[:1] != EVENT:  # the answer (JSON), after a stream's events
+                    answer = data
+                elif on_event is not None:
+                    on_event(data[1:])
+        return answer
 
     def _timed(self, timeout: float | None) -> flight.FlightCallOptions:
         return self._options if timeout is None else call_options(self._token, timeout)
@@ -125,14 +144,25 @@ class ChannelConnection(KernelConnection):
         return sock
 
     def call(
-        self, action: str, body: dict[str, Any] | None = None, timeout: float | None = None
+        self,
+        action: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        on_event: OnEvent | None = None,
     ) -> bytes:
         payload = json.dumps(body or {}).encode()
         sock = self._socket()
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             sock.settimeout(timeout)
             write_frames(sock, action.encode(), payload)
             answer = read_frame(sock)
+            while answer[:1] == EVENT:  # a streaming execution's, before its answer
+                if on_event is not None:
+                    on_event(answer[1:])
+                if deadline is not None:
+                    sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+                answer = read_frame(sock)
         except TimeoutError:  # a late answer would desynchronize the connection: drop it
             sock.close()
             raise DeadlineExceeded(

@@ -170,10 +170,13 @@ class DataPlane(flight.FlightServerBase):  # type: ignore[misc]
 
     # -- actions ---------------------------------------------------------------------------
 
-    def do_action(self, context: Any, action: flight.Action) -> list[flight.Result]:
-        with server_errors(f"action {action.type!r}"):
+    def do_action(self, context: Any, action: flight.Action) -> Iterator[flight.Result]:
+        with server_errors(f"action {action.type!r}"):  # also while a stream is iterated
             body = action.body.to_pybytes() if action.body is not None else b""
-            return [flight.Result(self.service.action(action.type, body))]
+            # closed as soon as this is (a client that went away): that interrupts a stream
+            with contextlib.closing(self.service.action(action.type, body)) as answers:
+                for answer in answers:
+                    yield flight.Result(answer)
 
     def list_actions(self, context: Any) -> list[tuple[str, str]]:
         return descriptions()

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from control.connection import Connection, call_json
+from control.connection import Connection, OnEvent, call_json
 from control.processes import Death, KernelProcess, KernelStatus, Lost
 from flight_kernel.errors import ConnectionLost, DeadlineExceeded, KernelError, KernelUnavailable
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
@@ -112,8 +112,11 @@ class KernelHandle:
 
     # -- executions ------------------------------------------------------------------------
 
-    def execute(self, req: ExecuteRequest, *, retry: bool = True) -> bytes:
-        """Run code; a kernel that dies or hangs gives a failed result, not an error."""
+    def execute(
+        self, req: ExecuteRequest, on_event: OnEvent | None = None, *, retry: bool = True
+    ) -> bytes:
+        """Run code; a kernel that dies or hangs gives a failed result, not an error. A
+        streaming execution's events go to `on_event` as they come."""
         if req.execution_id is None:  # minted here, so that a death report can name it
             req = req.model_copy(update={"execution_id": os.urandom(16).hex()})
         execution_id = req.execution_id
@@ -133,7 +136,7 @@ class KernelHandle:
             untold = self._untold.pop(req.flow_id, None)
         try:
             try:
-                raw = conn.call("execute", req.model_dump(), timeout=limit)
+                raw = conn.call("execute", req.model_dump(), limit, on_event)
             except KernelError:
                 if untold is not None:  # not told yet: the flow's next answer says it
                     with self._lock:
@@ -157,7 +160,7 @@ class KernelHandle:
             if never_ran and retry:  # it died before the code started: the next kernel runs it
                 with self._lock:
                     self._flow_generation[req.flow_id] = heard
-                return self.execute(req, retry=False)
+                return self.execute(req, on_event, retry=False)
             return self._lost(generation, started, req)
         finally:
             with self._lock:

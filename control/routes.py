@@ -3,12 +3,16 @@ too), and passes its JSON on."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from control.schemas import (
@@ -21,8 +25,9 @@ from control.schemas import (
     MemoryResponse,
     RestartResponse,
 )
-from control.service import Service
+from control.service import Service, named
 from flight_kernel.errors import Unauthenticated
+from flight_kernel.events import result_event
 from flight_kernel.requests import (
     ClearNamespaceRequest,
     ClearNodeArtifactsRequest,
@@ -32,6 +37,10 @@ from flight_kernel.requests import (
     InterruptRequest,
     ListArtifactsRequest,
 )
+
+logger = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
 
 _bearer = HTTPBearer(auto_error=False, description="KERNEL_AUTH_TOKEN, when it is set")
 
@@ -74,11 +83,51 @@ async def health(service: Served) -> Response:
     return JSONResponse(body, status_code=200 if serving else 503)
 
 
-@router.post("/execute", response_model=ExecuteResponse)
+@router.post(
+    "/execute",
+    response_model=ExecuteResponse,
+    responses={200: {"content": {NDJSON: {}}, "description": "with `stream: true`: events"}},
+)
 async def execute(req: ExecuteRequest, service: Served) -> Response:
-    """Run code in the flow's kernel (HTTP 200 also when the code fails)."""
+    """Run code in the flow's kernel (HTTP 200 also when the code fails). With
+    `stream: true`, NDJSON events while it runs (`stdout`, `stderr`, `log`, `display`), the
+    last one `{"event": "result", "result": <this body>}`; a client that disconnects
+    interrupts the execution."""
+    if req.stream:
+        return StreamingResponse(_events(service, named(req)), media_type=NDJSON)
     raw = await run_in_threadpool(service.execute, req)
     return Response(content=raw, media_type="application/json")
+
+
+async def _events(service: Service, req: ExecuteRequest) -> AsyncIterator[bytes]:
+    """The lines of a streaming execution, each as its event comes from the kernel. The
+    execution runs in a worker thread; if the client goes away (this generator is closed
+    before the result), it is interrupted."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def event(raw: bytes) -> None:
+        loop.call_soon_threadsafe(lines.put_nowait, raw)
+
+    def run() -> None:
+        try:
+            answer = result_event(service.execute(req, event))
+        except Exception as exc:  # a refusal: the stream ends with an error event, not silence
+            logger.warning("streaming execution %s failed: %s", req.execution_id, exc)
+            answer = json.dumps({"event": "error", "error": str(exc)}).encode()
+        loop.call_soon_threadsafe(lines.put_nowait, answer)
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    loop.run_in_executor(None, run)
+    finished = False
+    try:
+        while (line := await lines.get()) is not None:
+            yield line + b"\n"
+        finished = True
+    finally:
+        if not finished:  # the client went away mid-stream
+            target = InterruptRequest(flow_id=req.flow_id, execution_id=req.execution_id)
+            loop.run_in_executor(None, service.interrupt, target)
 
 
 async def _answer(call: Any, *args: Any) -> Response:

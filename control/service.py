@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 from control import memory
+from control.connection import OnEvent
 from control.handle import KernelHandle
 from control.router import (
     KernelRouter,
@@ -30,6 +31,7 @@ from control.router import (
 from flight_kernel import __version__
 from flight_kernel.actions import handle as kernel_action
 from flight_kernel.errors import InvalidRequest
+from flight_kernel.events import relayed, result_event
 from flight_kernel.kernel import Kernel
 from flight_kernel.paths import ArtifactPath, from_segments
 from flight_kernel.requests import (
@@ -49,6 +51,14 @@ from flight_kernel.settings import Settings
 from flight_kernel.store import Store
 
 
+def named(req: ExecuteRequest) -> ExecuteRequest:
+    """The request with its execution id: the client's, or minted here (a streaming
+    execution's client that goes away interrupts it by that id)."""
+    if req.execution_id is not None:
+        return req
+    return req.model_copy(update={"execution_id": os.urandom(16).hex()})
+
+
 class Service:
     """The control operations over a router of kernels and the store they share."""
 
@@ -60,10 +70,22 @@ class Service:
 
     # -- executions ------------------------------------------------------------------------
 
-    def execute(self, req: ExecuteRequest) -> bytes:
-        """Run code in the flow's kernel; the raw JSON result."""
+    def execute(self, req: ExecuteRequest, on_event: OnEvent | None = None) -> bytes:
+        """Run code in the flow's kernel; the raw JSON result. With `stream: true`, the
+        events of the execution go to `on_event` while it runs."""
         with self.kernels.using(req.flow_id) as handle:  # never retired while it runs
-            return handle.execute(req)
+            return handle.execute(req, on_event)
+
+    def execute_streamed(self, req: ExecuteRequest) -> Generator[bytes]:
+        """A streaming execution for transports that answer with an iterator: each event as
+        it comes, then `{"event": "result", ...}`. A consumer that stops early (its client
+        went away) interrupts the execution."""
+        req = named(req)
+
+        def interrupt() -> None:
+            self.interrupt(InterruptRequest(flow_id=req.flow_id, execution_id=req.execution_id))
+
+        return relayed(lambda send: result_event(self.execute(req, send)), interrupt)
 
     def interrupt(self, req: InterruptRequest) -> Any:
         if req.flow_id is not None:
@@ -191,14 +213,21 @@ class Service:
 
     # -- the Flight actions ----------------------------------------------------------------
 
-    def action(self, name: str, raw: bytes) -> bytes:
-        """A Flight action of the public port: the same operation and JSON as over HTTP."""
+    def action(self, name: str, raw: bytes) -> Generator[bytes]:
+        """A Flight action of the public port: the same operation and JSON as over HTTP; one
+        answer, or a streaming execution's events and then its result."""
         found = ACTIONS.get(name)
         if found is None:
             raise InvalidRequest(f"unknown action {name!r} (known: {', '.join(ACTIONS)})")
         request = parse(found.model, raw, f"action {name!r}")
+        if isinstance(request, ExecuteRequest) and request.stream:
+            return self.execute_streamed(request)
         answer = found.run(self, request)
-        return answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+        return _once(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
+
+
+def _once(answer: bytes) -> Generator[bytes]:
+    yield answer
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flight_kernel.errors import InvalidRequest
+from flight_kernel.events import EventStream, Send
 from flight_kernel.kernel import Cleared, Kernel
 from flight_kernel.paths import from_segments
 from flight_kernel.requests import (
@@ -132,10 +134,46 @@ def descriptions() -> list[tuple[str, str]]:
     return [(name, a.description) for name, a in ACTIONS.items()]
 
 
-def handle(kernel: Kernel, name: str, raw: bytes) -> bytes:
-    """Run action `name` on a JSON body; return the JSON result."""
+def handle(kernel: Kernel, name: str, raw: bytes, send: Send | None = None) -> bytes:
+    """Run action `name` on a JSON body; return the JSON result. A transport that can send
+    events before the result gives `send`: an `execute` with `stream: true` then sends what
+    the code prints, logs and displays while it runs."""
     action = ACTIONS.get(name)
     if action is None:
         raise InvalidRequest(f"unknown action {name!r} (known: {', '.join(ACTIONS)})")
     request = parse(action.model, raw, f"action {name!r}")
-    return json.dumps(action.run(kernel, request), default=str).encode()
+    if send is not None and isinstance(request, ExecuteRequest) and request.stream:
+        answer = _streamed(kernel, request, send)
+    else:
+        answer = action.run(kernel, request)
+    return json.dumps(answer, default=str).encode()
+
+
+def streams(name: str, raw: bytes) -> bool:
+    """Whether this call is an `execute` with `stream: true` (its answer comes after events)."""
+    if name != "execute":
+        return False
+    try:
+        return parse(ExecuteRequest, raw, "action 'execute'").stream
+    except InvalidRequest:  # `handle` says what is wrong with it
+        return False
+
+
+DISCONNECTED = "Interrupted: the client of this streaming execution went away"
+
+
+def _streamed(kernel: Kernel, req: ExecuteRequest, send: Send) -> dict[str, Any]:
+    """An execution whose events go to `send` as they happen; when `send` fails (nobody
+    listens any more), the execution is interrupted."""
+    if req.execution_id is None:
+        req = req.model_copy(update={"execution_id": os.urandom(16).hex()})
+    target = InterruptRequest(execution_id=req.execution_id)
+
+    def lost() -> None:
+        kernel.executor.interrupt(target, DISCONNECTED)
+
+    events = EventStream(send, on_lost=lost)
+    try:
+        return kernel.execute(req, events).to_json()
+    finally:
+        events.close()  # every event is sent before the result

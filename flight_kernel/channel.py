@@ -6,7 +6,8 @@ a Flight action (gRPC's machinery on both ends). Tables still move over the kern
 port. Each message is a frame: a 4-byte big-endian length, then the bytes. A connection
 opens with one frame holding the token (empty without one); then each call is two frames,
 the action's name and its JSON body, and its answer one frame: `0` and the JSON result, or
-`1` and `{"kind", "message"}` of the refusal (`errors.decode_error` rebuilds it).
+`1` and `{"kind", "message"}` of the refusal (`errors.decode_error` rebuilds it). A
+streaming execution's events come before its answer, a frame each: `2` and the event's JSON.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _LENGTH = struct.Struct(">I")
 # Taken now: user code that breaks `json.dumps` (the kernel's actions then fail) must still
 # get its refusal said, so that the supervisor hears the kernel is broken and restarts it.
 _dumps = json.dumps
-OK, REFUSED = b"0", b"1"
+OK, REFUSED, EVENT = b"0", b"1", b"2"
 SOCKET_NAME = "channel.sock"
 
 
@@ -60,7 +61,8 @@ def refusal(exc: KernelError) -> bytes:
     return REFUSED + _dumps({"kind": exc.kind, "message": exc.message}).encode()
 
 
-Handler = Callable[[str, bytes], bytes]  # action name, JSON body -> JSON result
+# action name, JSON body, where to send events before the answer -> JSON result
+Handler = Callable[[str, bytes, Callable[[bytes], None]], bytes]
 
 
 class ChannelServer:
@@ -78,9 +80,14 @@ class ChannelServer:
                 try:
                     if not hmac.compare_digest(read_frame(sock), expected):
                         return  # not the control process: no answer at all
+
+                    def send(event: bytes) -> None:
+                        write_frames(sock, EVENT + event)
+
                     while True:
                         action, body = read_frame(sock), read_frame(sock)
-                        write_frames(sock, _answer(handle, action.decode(errors="replace"), body))
+                        name = action.decode(errors="replace")
+                        write_frames(sock, _answer(handle, name, body, send))
                 except (EOFError, OSError):  # the control process closed it, or went away
                     return
 
@@ -97,9 +104,9 @@ class ChannelServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _answer(handle: Handler, action: str, body: bytes) -> bytes:
+def _answer(handle: Handler, action: str, body: bytes, send: Callable[[bytes], None]) -> bytes:
     try:
-        return OK + handle(action, body)
+        return OK + handle(action, body, send)
     except KernelError as exc:
         return refusal(exc)
     except Exception as exc:  # a bug of the kernel: said, never a dropped connection

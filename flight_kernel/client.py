@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -148,8 +148,15 @@ class KernelClient:
         flow_id: int = 0,
         timeout_s: float | None = None,
         execution_id: str | None = None,
+        namespace: str | None = None,
+        interactive: bool = False,
+        on_stdout: Callable[[str], None] | None = None,
+        on_stderr: Callable[[str], None] | None = None,
+        on_display: Callable[[dict[str, Any]], None] | None = None,
     ) -> ExecutionResult:
-        """Run code in the kernel; a failure of the code is `success=False`, not an exception."""
+        """Run code in the kernel; a failure of the code is `success=False`, not an exception.
+        With any `on_*` callback the execution streams: each callback is called with the text
+        printed (or the display bundle) as it comes, while the code runs."""
         fields = {
             "node_id": node_id,
             "code": code,
@@ -158,13 +165,43 @@ class KernelClient:
             "flow_id": flow_id,
             "timeout_s": timeout_s,
             "execution_id": execution_id,
+            "namespace": namespace,
+            "interactive": interactive,
+            "stream": any(c is not None for c in (on_stdout, on_stderr, on_display)),
         }
         try:
             request = ExecuteRequest.model_validate(fields)
         except pydantic.ValidationError as exc:
             raise InvalidRequest(f"execute: {describe_errors(exc)}") from None
         body = request.model_dump(exclude_none=True)
-        return ExecutionResult.from_json(self._request("POST", "/execute", json=body))
+        if not request.stream:
+            return ExecutionResult.from_json(self._request("POST", "/execute", json=body))
+        told: dict[str, Callable[[Any], None] | None] = {
+            "stdout": on_stdout,
+            "stderr": on_stderr,
+            "display": on_display,
+        }
+        for event in self._events("/execute", body):
+            kind = event.pop("event", None)
+            if kind == "result":
+                return ExecutionResult.from_json(event["result"])
+            if kind == "error":
+                raise KernelError(f"POST /execute: {event.get('error')}")
+            callback = told.get(str(kind))
+            if callback is not None:
+                callback(event["text"] if kind in ("stdout", "stderr") else event)
+        raise ConnectionLost("POST /execute: the stream ended before its result")
+
+    def _events(self, url: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The NDJSON events of a streaming call, each as it arrives."""
+        what = f"POST {url}"
+        with _http_errors(what), self._http.stream("POST", url, json=body) as response:
+            if response.is_error:
+                response.read()
+                raise _http_error(response, what)
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
 
     def list_artifacts(
         self, flow_id: int | None = None, node_id: str | int | None = None

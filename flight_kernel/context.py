@@ -24,6 +24,7 @@ from flight_kernel.spool import SpoolFile, marker
 
 if TYPE_CHECKING:
     from flight_kernel.artifacts import ArtifactStore
+    from flight_kernel.events import EventStream
     from flight_kernel.inputs import InputReader
     from flight_kernel.store import Store
 
@@ -33,8 +34,14 @@ class CappedBuffer:
     what it keeps is mirrored into a spool file (made on the first write) that outlives the
     kernel's death (`flight_kernel.spool`)."""
 
-    def __init__(self, limit: int, spool: Callable[[], SpoolFile] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        spool: Callable[[], SpoolFile] | None = None,
+        on_kept: Callable[[str], None] | None = None,
+    ) -> None:
         self.limit = limit
+        self._on_kept = on_kept  # told what is kept, in order (a streaming execution's events)
         self._limit = limit
         self._parts: list[str] = []
         self._size = 0
@@ -61,6 +68,8 @@ class CappedBuffer:
                 data = None
             if kept:
                 self._parts.append(kept)
+                if self._on_kept is not None:
+                    self._on_kept(kept)
             if self._spool is not None:
                 if self._spooled is None:
                     self._spooled = self._spool()
@@ -116,6 +125,7 @@ class ExecutionContext:
     cancel_reason: str | None = None  # set once, by a timeout or an interrupt
     cancel_kind: ErrorKind | None = None
     done: bool = False
+    events: EventStream | None = None  # a streaming execution's: what it prints, logs, shows
 
     @property
     def node_key(self) -> str:

@@ -137,6 +137,8 @@ def show(ctx: ExecutionContext, obj: Any, title: str = "") -> None:
             return
         ctx.display_bytes += cost
         ctx.displays.append(shown)
+        if ctx.events is not None:
+            ctx.events.put("display", **shown)
 
 
 def finished(ctx: ExecutionContext) -> list[dict[str, Any]]:

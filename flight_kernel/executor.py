@@ -35,6 +35,7 @@ from flight_kernel.context import (
     current,
     install_capture,
 )
+from flight_kernel.events import EventStream
 from flight_kernel.inputs import InputReader
 from flight_kernel.namespaces import Namespace, Namespaces
 from flight_kernel.requests import ExecuteRequest, InterruptRequest
@@ -213,8 +214,9 @@ class Executor:
     def spool_dir(self, directory: str | None) -> None:
         self._spool_dir = self.namespaces.marker_dir = directory
 
-    def run(self, req: ExecuteRequest) -> ExecutionResult:
-        """Run one request to the end; user code failing is a result, not an exception."""
+    def run(self, req: ExecuteRequest, events: EventStream | None = None) -> ExecutionResult:
+        """Run one request to the end; user code failing is a result, not an exception. With
+        `events`, what it prints, logs and displays is also put there as it happens."""
         install_capture()
         sys.modules["flowfile"] = flowfile  # `import flowfile` in modules user code imports
         execution_id = req.execution_id or os.urandom(16).hex()
@@ -227,8 +229,9 @@ class Executor:
             store=self._store,
             artifacts=self._artifacts,
             reader=self._reader,
-            stdout=CappedBuffer(self._max_stream_bytes, self._spool_of(execution_id, "stdout")),
-            stderr=CappedBuffer(self._max_stream_bytes, self._spool_of(execution_id, "stderr")),
+            stdout=self._buffer(execution_id, "stdout", events),
+            stderr=self._buffer(execution_id, "stderr", events),
+            events=events,
         )
         base_filename = f"<node {req.node_id}>".replace("\x00", "\\x00")  # compile() refuses NUL
         filename = base_filename
@@ -289,11 +292,15 @@ class Executor:
         ctx.stderr.close()
         return result
 
-    def _spool_of(self, execution_id: str, stream: str) -> Callable[[], SpoolFile] | None:
+    def _buffer(self, execution_id: str, stream: str, events: EventStream | None) -> CappedBuffer:
+        """A stream's capture: mirrored into the spool (when there is one), and told to
+        `events` (when streaming)."""
         directory, limit = self.spool_dir, self._max_stream_bytes
-        if directory is None:
-            return None
-        return lambda: SpoolFile(directory, execution_id, stream, limit)
+        spool = None
+        if directory is not None:
+            spool = functools.partial(SpoolFile, directory, execution_id, stream, limit)
+        told = functools.partial(events.text, stream) if events is not None else None
+        return CappedBuffer(limit, spool, told)
 
     def _space(self, req: ExecuteRequest) -> contextlib.AbstractContextManager[Namespace | None]:
         if req.namespace is None:

@@ -6,6 +6,7 @@ built-in exceptions a Python programmer expects: `KeyError` and `ValueError`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -165,15 +166,16 @@ def log(message: Any, level: str = "INFO") -> None:
         ctx.log_bytes_dropped += size
     else:
         ctx.log_bytes += size
-        ctx.logs.append(
-            LogRecord(
-                level=logging.getLevelName(levelno),
-                message=text,
-                flow_id=ctx.flow_id,
-                node_id=ctx.node_id,
-                timestamp=datetime.now(UTC).isoformat(),
-            )
+        record = LogRecord(
+            level=logging.getLevelName(levelno),
+            message=text,
+            flow_id=ctx.flow_id,
+            node_id=ctx.node_id,
+            timestamp=datetime.now(UTC).isoformat(),
         )
+        ctx.logs.append(record)
+        if ctx.events is not None:
+            ctx.events.put("log", **dataclasses.asdict(record))
     logger.log(levelno, "[flow %s node %s] %s", ctx.flow_id, ctx.node_id, text)
 
 

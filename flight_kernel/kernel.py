@@ -25,6 +25,7 @@ from flight_kernel import __version__
 from flight_kernel.artifacts import ArtifactRecord, ArtifactStore
 from flight_kernel.context import RunningExecution
 from flight_kernel.errors import InvalidRequest, NotFound
+from flight_kernel.events import EventStream
 from flight_kernel.executor import Executor
 from flight_kernel.inputs import InputReader
 from flight_kernel.paths import ArtifactPath, FlightPath, OutputPath, TablePath
@@ -141,8 +142,9 @@ class Kernel:
             return "no flow yet (a spare)"
         return "every flow" if self.flow_id is None else f"flow {self.flow_id}"
 
-    def execute(self, req: ExecuteRequest) -> ExecutionResult:
-        """Run code; a node's re-execution first drops what it published before."""
+    def execute(self, req: ExecuteRequest, events: EventStream | None = None) -> ExecutionResult:
+        """Run code; a node's re-execution first drops what it published before. With
+        `events`, what the code prints, logs and displays is put there as it happens."""
         if self.spare or self.flow_id not in (None, req.flow_id):  # the router's mistake
             raise InvalidRequest(
                 f"flow {req.flow_id} sent to a kernel that serves {self._serves()}"
@@ -150,7 +152,7 @@ class Kernel:
         self.artifacts.clear_nodes([req.node_id], req.flow_id)
         for path in self.store.paths(f"outputs/{req.flow_id}/{req.node_id}/"):
             self._delete_quietly(path)
-        result = self.executor.run(req)
+        result = self.executor.run(req, events)
         key = (req.flow_id, str(req.node_id))
         with self._displays_lock:
             self._displays[key] = result.display_outputs

@@ -108,7 +108,9 @@ def main() -> None:
     except Exception as exc:
         _announce({"error": f"cannot listen on Flight port {settings.flight_port}: {exc}"})
         raise SystemExit(2) from None
-    channel = ChannelServer(lambda name, body: handle(kernel, name, body), settings.auth_token)
+    channel = ChannelServer(
+        lambda name, body, send: handle(kernel, name, body, send), settings.auth_token
+    )
 
     def interrupt() -> None:
         # A SIGINT is an interrupt, as in a terminal: it stops the running executions, never

@@ -7,6 +7,7 @@ kernel internals reaches a client.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,9 @@ import pyarrow.flight as flight
 
 from flight_kernel import actions
 from flight_kernel.auth import BearerAuthMiddlewareFactory
+from flight_kernel.channel import EVENT
 from flight_kernel.errors import InvalidRequest
+from flight_kernel.events import Send, relayed
 from flight_kernel.flight_errors import server_errors
 from flight_kernel.kernel import Kernel
 from flight_kernel.paths import FlightPath, parse_descriptor_path, parse_ticket
@@ -107,10 +110,23 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             infos = [self._info(e.path, e.info) for e in self.kernel.entries(prefix)]
         return iter(infos)
 
-    def do_action(self, context: Any, action: flight.Action) -> list[flight.Result]:
+    def do_action(self, context: Any, action: flight.Action) -> Iterator[flight.Result]:
         with server_errors(f"action {action.type!r}"):
             body = action.body.to_pybytes() if action.body is not None else b""
-            return [flight.Result(actions.handle(self.kernel, action.type, body))]
+            if not actions.streams(action.type, body):
+                return iter([flight.Result(actions.handle(self.kernel, action.type, body))])
+        return self._streamed(action.type, body)
+
+    def _streamed(self, name: str, body: bytes) -> Iterator[flight.Result]:
+        """A streaming execution: a Result per event (marked as the channel marks its event
+        frames), then the answer."""
+
+        def run(send: Send) -> bytes:
+            return actions.handle(self.kernel, name, body, lambda e: send(EVENT + e))
+
+        with server_errors(f"action {name!r}"), contextlib.closing(relayed(run)) as items:
+            for item in items:
+                yield flight.Result(item)
 
     def list_actions(self, context: Any) -> list[tuple[str, str]]:
         return actions.descriptions()

@@ -18,6 +18,7 @@ def test_every_figure_is_produced(tmp_path: Path) -> None:
 
     assert {"10", "11"} <= set(ORDER)  # get_table vs do_get, persisted after publish
     assert {"12", "13", "13b"} <= set(ORDER)  # a new flow's first execution, idle kernels
+    assert {"14", "15", "15 max"} <= set(ORDER)  # notebook mode: namespaces, streaming
     assert [r.key for r in results] == ORDER
     by_key = {r.key: r for r in results}
     assert "extrapolated to 20" in by_key["13b"].title  # tiny: 2 idle kernels, not 20

@@ -26,7 +26,11 @@ class FunctionConnection:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def call(
-        self, action: str, body: dict[str, Any] | None = None, timeout: float | None = None
+        self,
+        action: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        on_event: Callable[[bytes], None] | None = None,
     ) -> bytes:
         self.calls.append((action, body or {}))
         return json.dumps(self.handler(action, body or {})).encode()

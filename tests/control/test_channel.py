@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -24,10 +24,14 @@ NOWHERE = "grpc://127.0.0.1:1"  # the data calls' Flight location: unused here
 release = threading.Event()
 
 
-def handler(action: str, body: bytes) -> bytes:
+def handler(action: str, body: bytes, send: Callable[[bytes], None]) -> bytes:
     args = json.loads(body)
     if action == "echo":
         return json.dumps({"echo": args}).encode()
+    if action == "count":  # events before the answer, as a streaming execution sends them
+        for i in range(args["to"]):
+            send(json.dumps({"event": "stdout", "text": str(i)}).encode())
+        return b'"counted"'
     if action == "missing":
         raise NotFound("nothing stored at tables/x (tables: none)")
     if action == "wait":
@@ -58,6 +62,20 @@ def test_a_call_answers_the_raw_json_result(conn: ChannelConnection) -> None:
     assert json.loads(conn.call("echo", {"code": "x = 1", "n": [1, 2]})) == {
         "echo": {"code": "x = 1", "n": [1, 2]}
     }
+
+
+def test_events_before_an_answer_go_to_on_event_in_order(conn: ChannelConnection) -> None:
+    told: list[bytes] = []
+
+    answer = conn.call("count", {"to": 3}, on_event=told.append)
+
+    assert answer == b'"counted"'
+    assert [json.loads(e)["text"] for e in told] == ["0", "1", "2"]
+    assert conn.call("echo", {"a": 1}) == b'{"echo": {"a": 1}}'  # the connection is in step
+
+
+def test_events_nobody_asked_for_are_skipped(conn: ChannelConnection) -> None:
+    assert conn.call("count", {"to": 2}) == b'"counted"'
 
 
 def test_calls_reuse_the_connection(conn: ChannelConnection) -> None:

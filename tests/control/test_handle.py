@@ -260,7 +260,7 @@ def test_an_announcement_from_another_pid_is_refused():
 
 def test_a_channel_answered_by_someone_else_is_refused():
     answer = json.dumps({"kernel_id": "someone-else", "kernel_pid": 4242}).encode()
-    other = ChannelServer(lambda name, body: answer, None)
+    other = ChannelServer(lambda name, body, send: answer, None)
     announced = {"location": "grpc://127.0.0.1:1", "channel": other.path}
     try:
         failure = _start([sys.executable, "-c", ANNOUNCER, json.dumps(announced)])
