@@ -23,6 +23,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _dumps = json.dumps  # taken now: user code that breaks json.dumps must not silence the stream
+# `print` writes its text and its line end apart: a line begun is given this long to end, so
+# that it leaves as one event rather than two
+LINE_WAIT_S = 0.005
 
 Send = Callable[[bytes], None]
 
@@ -52,7 +55,7 @@ class EventStream:
                 last["text"] += text
             else:
                 self._pending.append({"event": stream, "text": text})
-                self._cond.notify()
+            self._cond.notify()
 
     def put(self, event: str, **fields: Any) -> None:
         """Any other event: `log` (`record`), `display` (`display`)."""
@@ -73,6 +76,7 @@ class EventStream:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending or self._closed)
+                self._cond.wait_for(lambda: self._closed or not self._open_line(), LINE_WAIT_S)
                 batch, self._pending = self._pending, []
                 if not batch and self._closed:
                     return
@@ -82,6 +86,11 @@ class EventStream:
                 except Exception as exc:  # the transport is gone: nobody reads any more
                     self._lose(exc)
                     break
+
+    def _open_line(self) -> bool:
+        """Whether the last event waiting is text whose line has not ended (lock held)."""
+        last = self._pending[-1] if self._pending else None
+        return last is not None and "text" in last and not last["text"].endswith("\n")
 
     def _lose(self, exc: Exception) -> None:
         with self._cond:
