@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -170,16 +170,24 @@ class DataPlane(flight.FlightServerBase):  # type: ignore[misc]
 
     # -- actions ---------------------------------------------------------------------------
 
-    def do_action(self, context: Any, action: flight.Action) -> Iterator[flight.Result]:
-        with server_errors(f"action {action.type!r}"):  # also while a stream is iterated
+    def do_action(self, context: Any, action: flight.Action) -> Iterable[flight.Result]:
+        with server_errors(f"action {action.type!r}"):
             body = action.body.to_pybytes() if action.body is not None else b""
-            # closed as soon as this is (a client that went away): that interrupts a stream
-            with contextlib.closing(self.service.action(action.type, body)) as answers:
-                for answer in answers:
-                    yield flight.Result(answer)
+            answer = self.service.action(action.type, body)
+            if isinstance(answer, bytes):
+                return [flight.Result(answer)]
+        return _streamed(action.type, answer)
 
     def list_actions(self, context: Any) -> list[tuple[str, str]]:
         return descriptions()
+
+
+def _streamed(name: str, events: Generator[bytes]) -> Iterator[flight.Result]:
+    """A streaming execution's events, a Result each; closed as soon as this is (its client
+    went away), which interrupts the execution."""
+    with server_errors(f"action {name!r}"), contextlib.closing(events):
+        for event in events:
+            yield flight.Result(event)
 
 
 def _live_infos(handle: KernelHandle, prefix: str) -> list[flight.FlightInfo]:

@@ -213,7 +213,7 @@ class Service:
 
     # -- the Flight actions ----------------------------------------------------------------
 
-    def action(self, name: str, raw: bytes) -> Generator[bytes]:
+    def action(self, name: str, raw: bytes) -> bytes | Generator[bytes]:
         """A Flight action of the public port: the same operation and JSON as over HTTP; one
         answer, or a streaming execution's events and then its result."""
         found = ACTIONS.get(name)
@@ -223,11 +223,7 @@ class Service:
         if isinstance(request, ExecuteRequest) and request.stream:
             return self.execute_streamed(request)
         answer = found.run(self, request)
-        return _once(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
-
-
-def _once(answer: bytes) -> Generator[bytes]:
-    yield answer
+        return answer if isinstance(answer, bytes) else json.dumps(answer).encode()
 
 
 @dataclass(frozen=True)
