@@ -7,7 +7,7 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -26,7 +26,7 @@ from control.schemas import (
     RestartResponse,
 )
 from control.service import Service, named
-from flight_kernel.errors import Unauthenticated
+from flight_kernel.errors import KernelError, Unauthenticated
 from flight_kernel.events import result_event
 from flight_kernel.requests import (
     ClearNamespaceRequest,
@@ -114,11 +114,13 @@ async def _events(service: Service, req: ExecuteRequest) -> AsyncIterator[bytes]
             answer = result_event(service.execute(req, event))
         except Exception as exc:  # a refusal: the stream ends with an error event, not silence
             logger.warning("streaming execution %s failed: %s", req.execution_id, exc)
-            answer = json.dumps({"event": "error", "error": str(exc)}).encode()
+            kind = exc.kind if isinstance(exc, KernelError) else "KernelError"
+            refused = {"event": "error", "error": str(exc), "error_kind": kind}
+            answer = json.dumps(refused).encode()
         loop.call_soon_threadsafe(lines.put_nowait, answer)
         loop.call_soon_threadsafe(lines.put_nowait, None)
 
-    loop.run_in_executor(None, run)
+    _in_background(run_in_threadpool(run))  # the threads (and limit) of sync endpoints
     finished = False
     try:
         while (line := await lines.get()) is not None:
@@ -127,7 +129,16 @@ async def _events(service: Service, req: ExecuteRequest) -> AsyncIterator[bytes]
     finally:
         if not finished:  # the client went away mid-stream
             target = InterruptRequest(flow_id=req.flow_id, execution_id=req.execution_id)
-            loop.run_in_executor(None, service.interrupt, target)
+            _in_background(run_in_threadpool(service.interrupt, target))
+
+
+_running_tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps weak ones
+
+
+def _in_background(work: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(work)
+    _running_tasks.add(task)
+    task.add_done_callback(_running_tasks.discard)
 
 
 async def _answer(call: Any, *args: Any) -> Response:

@@ -185,8 +185,8 @@ class KernelClient:
             kind = event.pop("event", None)
             if kind == "result":
                 return ExecutionResult.from_json(event["result"])
-            if kind == "error":
-                raise KernelError(f"POST /execute: {event.get('error')}")
+            if kind == "error":  # refused once the stream had begun (a kernel unavailable)
+                raise decode_error(event.get("error_kind"), f"POST /execute: {event.get('error')}")
             callback = told.get(str(kind))
             if callback is not None:
                 callback(event["text"] if kind in ("stdout", "stderr") else event)
@@ -224,13 +224,40 @@ class KernelClient:
         return cleared
 
     def interrupt(
-        self, flow_id: int | None = None, node_id: str | int | None = None
+        self,
+        flow_id: int | None = None,
+        node_id: str | int | None = None,
+        execution_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        body = {"flow_id": flow_id, "node_id": node_id}
+        """Interrupt the running executions that match every filter given (none: all)."""
+        body = {"flow_id": flow_id, "node_id": node_id, "execution_id": execution_id}
         interrupted: list[dict[str, Any]] = self._request("POST", "/interrupt", json=body)[
             "interrupted"
         ]
         return interrupted
+
+    def restart(self, flow_id: int | None = None) -> list[dict[str, Any]]:
+        """Restart the flow's kernel (None: every kernel); the new kernels."""
+        body = {"flow_id": flow_id} if flow_id is not None else {}
+        restarted: list[dict[str, Any]] = self._request("POST", "/restart", json=body)["restarted"]
+        return restarted
+
+    def clear_namespace(self, flow_id: int = 0, namespace: str | None = None) -> dict[str, Any]:
+        """Drop a flow's named namespace, or (None) all of that flow's."""
+        body = {"flow_id": flow_id, "namespace": namespace}
+        cleared: dict[str, Any] = self._request("POST", "/clear_namespace", json=body)
+        return cleared
+
+    def display_outputs(self, node_id: str | int, flow_id: int = 0) -> list[dict[str, Any]]:
+        """The display outputs of a node's last execution."""
+        params = {"flow_id": flow_id, "node_id": str(node_id)}
+        shown: list[dict[str, Any]] = self._request("GET", "/display_outputs", params=params)
+        return shown
+
+    def memory(self) -> dict[str, Any]:
+        """The /memory body: used and limit bytes, the store's, each kernel's."""
+        found: dict[str, Any] = self._request("GET", "/memory")
+        return found
 
     def health(self) -> dict[str, Any]:
         """The /health body (also when the kernel is starting, with HTTP 503)."""

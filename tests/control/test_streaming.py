@@ -9,6 +9,7 @@ import dataclasses
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ from fastapi.testclient import TestClient
 
 from control.app import create_app
 from flight_kernel.client import KernelClient
+from flight_kernel.errors import KernelUnavailable
 from flight_kernel.events import EventStream
 from flight_kernel.kernel import Kernel
 from flight_kernel.server import KernelFlightServer
 from flight_kernel.settings import Settings
 from tests.conftest import attached
+from tests.control.doubles import function_kernels
 from tests.control.test_dataplane import location_of
 from tests.helpers import Latch, poll, serving
 
@@ -357,3 +360,63 @@ def test_a_failed_send_tells_on_lost_once_and_drops_the_rest() -> None:
     events.close()
 
     assert lost == ["lost"]
+
+
+def test_a_refusal_after_the_stream_began_is_its_last_event_with_its_kind(
+    settings: Settings,
+) -> None:
+    def unavailable(action: str, body: dict[str, Any]) -> Any:
+        raise KernelUnavailable("the kernel is (re)starting; try again shortly")
+
+    app = create_app(settings, kernels=function_kernels(settings, unavailable))
+    with TestClient(app) as client:
+        events = _stream(client, code="x = 1")
+
+    assert events == [
+        {
+            "event": "error",
+            "error": "the kernel is (re)starting; try again shortly",
+            "error_kind": "KernelUnavailable",
+        }
+    ]
+
+
+def test_kernel_client_raises_the_refusal_a_stream_ended_with(settings: Settings) -> None:
+    def unavailable(action: str, body: dict[str, Any]) -> Any:
+        raise KernelUnavailable("the kernel is (re)starting; try again shortly")
+
+    app_settings = dataclasses.replace(settings, http_port=0)
+    app = create_app(app_settings, kernels=function_kernels(app_settings, unavailable))
+    with (
+        serving(app) as url,
+        KernelClient(url, app.state.service.flight_location) as kc,
+        pytest.raises(KernelUnavailable, match="starting"),
+    ):
+        kc.execute("n", "x = 1", on_stdout=print)
+
+
+def test_kernel_client_notebook_calls(served: tuple[str, str], tmp_path: Path) -> None:
+    latch = Latch(tmp_path / "running")
+    with KernelClient(*served, timeout=60) as kc:
+        kc.execute("n", "v = 1\nflowfile.display('shown')", flow_id=2, namespace="nb")
+        shown = kc.display_outputs("n", flow_id=2)
+        cleared = kc.clear_namespace(2)
+        gone = kc.execute("m", "print(v)", flow_id=2, namespace="nb")
+        memory = kc.memory()
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(
+                kc.execute,
+                "s",
+                f"{latch.set_code()}\nimport time\ntime.sleep(30)",
+                execution_id="x1",
+            )
+            latch.wait(30, "the execution to run")
+            interrupted = kc.interrupt(execution_id="x1")
+            result = slow.result(timeout=60)
+
+    assert shown == [{"data": {"text/plain": "shown"}, "metadata": {}, "title": ""}]
+    assert cleared["removed_namespaces"] == [{"flow_id": 2, "namespace": "nb"}]
+    assert gone.error == "NameError: name 'v' is not defined"
+    assert memory["used_bytes"] > 0  # an attached kernel has no pid of ours to list
+    assert [i["execution_id"] for i in interrupted] == ["x1"]
+    assert result.error is not None and result.error.startswith("Interrupted")
