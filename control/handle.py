@@ -66,12 +66,21 @@ class KernelHandle:
         self._flow_generation: dict[int, int] = {}
         # What a flow lost when an earlier kernel of it was retired, told on its next answer.
         self._untold: dict[int, Lost] = {}
+        self._escalations: set[threading.Timer] = set()  # interrupts' grace timers, pending
 
     def start(self) -> None:
         self.process.start()
 
     def stop(self) -> None:
+        self._cancel_escalations()
         self.process.stop()
+
+    def _cancel_escalations(self) -> None:
+        """A kernel stopped for good is escalated against by nobody."""
+        with self._lock:
+            timers, self._escalations = self._escalations, set()
+        for timer in timers:
+            timer.cancel()
 
     def adopt(self, flow_id: int, lost: Lost | None = None) -> None:
         """This (spare) kernel now serves `flow_id`, which lost `lost` when its last kernel
@@ -87,6 +96,7 @@ class KernelHandle:
 
     def retire(self) -> Lost:
         """Stop this kernel for good (it persists what it can first); what went with it."""
+        self._cancel_escalations()
         return self.process.retire()
 
     def status(self) -> KernelStatus:
@@ -255,14 +265,19 @@ class KernelHandle:
             raw = json.dumps({"interrupted": interrupted}).encode()
         ids = {r["execution_id"] for r in interrupted}
         if ids:
-            timer = threading.Timer(
-                self.settings.interrupt_grace_s, self._escalate, (generation, conn, ids)
-            )
+            timer = threading.Timer(self.settings.interrupt_grace_s, lambda: None)
+            timer.function = lambda: self._escalate(timer, generation, conn, ids)
             timer.daemon = True
+            with self._lock:
+                self._escalations.add(timer)
             timer.start()
         return raw
 
-    def _escalate(self, generation: int, conn: Connection, ids: set[str]) -> None:
+    def _escalate(
+        self, timer: threading.Timer, generation: int, conn: Connection, ids: set[str]
+    ) -> None:
+        with self._lock:
+            self._escalations.discard(timer)
         try:
             running = call_json(conn, "health", timeout=QUICK_CALL_S)["running"]
         except KernelError:  # gone already, or wedged: the kill below is right either way

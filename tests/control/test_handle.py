@@ -191,6 +191,31 @@ def test_an_interrupt_that_is_ignored_escalates_to_a_kill():
     assert reason.startswith("Interrupted: the execution ignored the interrupt")
 
 
+def test_a_stopped_handle_escalates_nothing():
+    asked = threading.Event()
+
+    def health(body: dict[str, Any]) -> Any:
+        asked.set()
+        return {"running": running}
+
+    running = [{"execution_id": "e1", "flow_id": 1, "node_id": "n"}]
+    actions: dict[str, Action] = {
+        "interrupt": lambda body: {"interrupted": running},
+        "health": health,
+    }
+    with ScriptedServer(actions) as server:
+        process = FakeProcess(server.location)
+        handle = KernelHandle(process, SETTINGS)
+        handle.interrupt(InterruptRequest())
+        pending = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+        handle.stop()
+        for timer in pending:  # cancelled: each ends without running its check
+            timer.join(10)
+
+    assert not asked.is_set()
+    assert process.kills == []
+
+
 def test_an_interrupt_that_lands_does_not_kill():
     done = threading.Event()
 
