@@ -3,9 +3,9 @@ their variables, one at a time; other names and other flows never see them."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from flight_kernel.kernel import Kernel
 from flight_kernel.namespaces import Namespaces
 from flight_kernel.requests import ExecuteRequest
 from flight_kernel.settings import Settings
+from tests.helpers import Latch, poll
 
 Run = Callable[..., dict[str, Any]]
 
@@ -79,15 +80,24 @@ def test_a_failed_execution_keeps_what_it_defined_before_failing(run_code: Run) 
     assert result["stdout"] == "1 False\n"
 
 
-def test_two_executions_of_one_namespace_run_one_at_a_time(run_code: Run) -> None:
-    _ok(run_code("import time\nevents = []", namespace="q"))
-    slow = "events.append('a-start'); time.sleep(0.3); events.append('a-end')"
-    quick = "events.append('b')"
+def _running(client: TestClient) -> set[str]:
+    return {r["execution_id"] for r in client.get("/health").json()["running"]}
+
+
+def test_two_executions_of_one_namespace_run_one_at_a_time(
+    client: TestClient, run_code: Run, tmp_path: Path
+) -> None:
+    started, release = Latch(tmp_path / "started"), Latch(tmp_path / "release")
+    _ok(run_code("events = []", namespace="q"))
+    slow = f"events.append('a-start')\n{started.set_code()}\n{release.wait_code()}"
+    slow += "events.append('a-end')"
 
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(run_code, slow, node_id="a", namespace="q")
-        time.sleep(0.1)  # the first one holds the namespace
-        second = pool.submit(run_code, quick, node_id="b", namespace="q")
+        first = pool.submit(run_code, slow, node_id="a", namespace="q", execution_id="a")
+        started.wait(60, "the first execution to hold the namespace")
+        second = pool.submit(run_code, "events.append('b')", namespace="q", execution_id="b")
+        poll(lambda: _running(client) == {"a", "b"}, 60, "the second execution to wait")
+        release.set()
         _ok(first.result())
         _ok(second.result())
 
@@ -116,18 +126,20 @@ def test_two_namespaces_of_one_flow_run_side_by_side(run_code: Run) -> None:
 
 
 def test_an_execution_waiting_for_its_namespace_can_be_interrupted(
-    client: TestClient, run_code: Run
+    client: TestClient, run_code: Run, tmp_path: Path
 ) -> None:
-    _ok(run_code("import time", namespace="busy"))
+    started, release = Latch(tmp_path / "started"), Latch(tmp_path / "release")
+    holding = f"{started.set_code()}\n{release.wait_code()}"
     with ThreadPoolExecutor(2) as pool:
-        holder = pool.submit(run_code, "time.sleep(1.5)", node_id="holder", namespace="busy")
-        time.sleep(0.2)
+        holder = pool.submit(run_code, holding, node_id="holder", namespace="busy")
+        started.wait(60, "the holder to run")
         waiter = pool.submit(
             run_code, "print('ran')", node_id="waiter", namespace="busy", execution_id="w-1"
         )
-        time.sleep(0.2)
+        poll(lambda: "w-1" in _running(client), 60, "the waiter to wait")
         answer = client.post("/interrupt", json={"execution_id": "w-1"}).json()
         waited = waiter.result()
+        release.set()
         _ok(holder.result())
 
     assert [e["execution_id"] for e in answer["interrupted"]] == ["w-1"]
