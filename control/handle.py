@@ -265,19 +265,16 @@ class KernelHandle:
             raw = json.dumps({"interrupted": interrupted}).encode()
         ids = {r["execution_id"] for r in interrupted}
         if ids:
-            timer = threading.Timer(self.settings.interrupt_grace_s, lambda: None)
-            timer.function = lambda: self._escalate(timer, generation, conn, ids)
+            timer = threading.Timer(
+                self.settings.interrupt_grace_s, self._escalate, (generation, conn, ids)
+            )
             timer.daemon = True
-            with self._lock:
-                self._escalations.add(timer)
             timer.start()
+            with self._lock:  # the ones that fired are done with
+                self._escalations = {t for t in self._escalations if t.is_alive()} | {timer}
         return raw
 
-    def _escalate(
-        self, timer: threading.Timer, generation: int, conn: Connection, ids: set[str]
-    ) -> None:
-        with self._lock:
-            self._escalations.discard(timer)
+    def _escalate(self, generation: int, conn: Connection, ids: set[str]) -> None:
         try:
             running = call_json(conn, "health", timeout=QUICK_CALL_S)["running"]
         except KernelError:  # gone already, or wedged: the kill below is right either way

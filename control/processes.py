@@ -504,17 +504,21 @@ class LocalKernelProcess:
     def retire(self) -> Lost:
         with self._cond:
             generation = self._generation
-        self._stop(remove_spools=False)  # SIGTERM: it persists what it can (`TERM_FLUSH_S`)
-        lost = self._take_lost(generation)
-        with self._cond:
-            for directory in self._spools.values():
-                shutil.rmtree(directory, ignore_errors=True)
+        self._stop()  # SIGTERM: it persists what it can first (`TERM_FLUSH_S`)
+        lost = self._take_lost(generation)  # read from its spool directory, so before this:
+        self._remove_spools()
         return lost
 
     def stop(self) -> None:
-        self._stop(remove_spools=True)
+        self._stop()
+        self._remove_spools()
 
-    def _stop(self, *, remove_spools: bool) -> None:
+    def _remove_spools(self) -> None:
+        with self._cond:
+            for directory in self._spools.values():
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def _stop(self) -> None:
         with self._cond:
             if self._stopping:  # stopped at the end of the shutdown grace already
                 return
@@ -533,10 +537,6 @@ class LocalKernelProcess:
             _end_group(proc)
         if conn is not None:
             conn.close()
-        if remove_spools:
-            with self._cond:
-                for directory in self._spools.values():
-                    shutil.rmtree(directory, ignore_errors=True)
 
     # -- calls -----------------------------------------------------------------------------
 

@@ -128,8 +128,7 @@ async def _events(service: Service, req: ExecuteRequest) -> AsyncIterator[bytes]
         finished = True
     finally:
         if not finished:  # the client went away mid-stream
-            target = InterruptRequest(flow_id=req.flow_id, execution_id=req.execution_id)
-            _in_background(run_in_threadpool(service.interrupt, target))
+            _in_background(run_in_threadpool(service.abandoned, req))
 
 
 _running_tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps weak ones

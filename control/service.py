@@ -81,11 +81,13 @@ class Service:
         it comes, then `{"event": "result", ...}`. A consumer that stops early (its client
         went away) interrupts the execution."""
         req = named(req)
+        return relayed(
+            lambda send: result_event(self.execute(req, send)), lambda: self.abandoned(req)
+        )
 
-        def interrupt() -> None:
-            self.interrupt(InterruptRequest(flow_id=req.flow_id, execution_id=req.execution_id))
-
-        return relayed(lambda send: result_event(self.execute(req, send)), interrupt)
+    def abandoned(self, req: ExecuteRequest) -> None:
+        """The client of a streaming execution went away: nobody reads it, so it stops."""
+        self.interrupt(InterruptRequest(flow_id=req.flow_id, execution_id=req.execution_id))
 
     def interrupt(self, req: InterruptRequest) -> Any:
         if req.flow_id is not None:

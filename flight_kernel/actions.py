@@ -134,29 +134,41 @@ def descriptions() -> list[tuple[str, str]]:
     return [(name, a.description) for name, a in ACTIONS.items()]
 
 
-def handle(kernel: Kernel, name: str, raw: bytes, send: Send | None = None) -> bytes:
-    """Run action `name` on a JSON body; return the JSON result. A transport that can send
-    events before the result gives `send`: an `execute` with `stream: true` then sends what
-    the code prints, logs and displays while it runs."""
+@dataclass(frozen=True)
+class Call:
+    """One validated action call."""
+
+    action: Action
+    request: Body
+
+    @property
+    def streams(self) -> bool:
+        """An `execute` with `stream: true`: its events come before its answer."""
+        return isinstance(self.request, ExecuteRequest) and self.request.stream
+
+
+def parse_call(name: str, raw: bytes) -> Call:
+    """The action `name` and its validated JSON body; `InvalidRequest` names what is wrong."""
     action = ACTIONS.get(name)
     if action is None:
         raise InvalidRequest(f"unknown action {name!r} (known: {', '.join(ACTIONS)})")
-    request = parse(action.model, raw, f"action {name!r}")
-    if send is not None and isinstance(request, ExecuteRequest) and request.stream:
-        answer = _streamed(kernel, request, send)
+    return Call(action, parse(action.model, raw, f"action {name!r}"))
+
+
+def run(kernel: Kernel, call: Call, send: Send | None = None) -> bytes:
+    """Run a call; its JSON result. A transport that can send events before the result gives
+    `send`: a streaming `execute` then sends what the code prints, logs and displays."""
+    if send is not None and call.streams:
+        assert isinstance(call.request, ExecuteRequest)
+        answer = _streamed(kernel, call.request, send)
     else:
-        answer = action.run(kernel, request)
+        answer = call.action.run(kernel, call.request)
     return json.dumps(answer, default=str).encode()
 
 
-def streams(name: str, raw: bytes) -> bool:
-    """Whether this call is an `execute` with `stream: true` (its answer comes after events)."""
-    if name != "execute":
-        return False
-    try:
-        return parse(ExecuteRequest, raw, "action 'execute'").stream
-    except InvalidRequest:  # `handle` says what is wrong with it
-        return False
+def handle(kernel: Kernel, name: str, raw: bytes, send: Send | None = None) -> bytes:
+    """Run action `name` on a JSON body; return the JSON result (see `run`)."""
+    return run(kernel, parse_call(name, raw), send)
 
 
 DISCONNECTED = "Interrupted: the client of this streaming execution went away"

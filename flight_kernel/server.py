@@ -113,16 +113,17 @@ class KernelFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def do_action(self, context: Any, action: flight.Action) -> Iterator[flight.Result]:
         with server_errors(f"action {action.type!r}"):
             body = action.body.to_pybytes() if action.body is not None else b""
-            if not actions.streams(action.type, body):
-                return iter([flight.Result(actions.handle(self.kernel, action.type, body))])
-        return self._streamed(action.type, body)
+            call = actions.parse_call(action.type, body)
+            if not call.streams:
+                return iter([flight.Result(actions.run(self.kernel, call))])
+        return self._streamed(action.type, call)
 
-    def _streamed(self, name: str, body: bytes) -> Iterator[flight.Result]:
+    def _streamed(self, name: str, call: actions.Call) -> Iterator[flight.Result]:
         """A streaming execution: a Result per event (marked as the channel marks its event
         frames), then the answer."""
 
         def run(send: Send) -> bytes:
-            return actions.handle(self.kernel, name, body, lambda e: send(EVENT + e))
+            return actions.run(self.kernel, call, lambda e: send(EVENT + e))
 
         with server_errors(f"action {name!r}"), contextlib.closing(relayed(run)) as items:
             for item in items:

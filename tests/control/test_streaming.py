@@ -407,7 +407,8 @@ def test_kernel_client_notebook_calls(served: tuple[str, str], tmp_path: Path) -
             slow = pool.submit(
                 kc.execute,
                 "s",
-                f"{latch.set_code()}\nimport time\ntime.sleep(30)",
+                # short sleeps: an interrupt lands between them (a long sleep ignores it)
+                f"{latch.set_code()}\nimport time\nfor _ in range(3000):\n    time.sleep(0.01)",
                 execution_id="x1",
             )
             latch.wait(30, "the execution to run")
